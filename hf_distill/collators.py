@@ -1,0 +1,297 @@
+"""Collators that build the student's view and, where the teacher-input mode needs it, the teacher's view.
+
+Per sample, a crop box (in the original image's pixel coordinates, sub-pixel precise) and a flip are
+sampled, then *applied* to every view that shares them, each at its own model's resolution. Randomness
+derives from ``(seed, epoch, sample_id)``, so a run, a resumed run and a replay see the same views.
+Views are uint8 tensors: normalisation to each model's mean/std happens on the device.
+
+Teacher-input modes (Beyer et al., "Knowledge distillation: a good teacher is patient and consistent"):
+
+=============  ==============================================================================
+``fix/rs``     teacher sees the whole image resized (a fixed view); the student gets ``crop``
+``fix/cc``     teacher sees the central crop (fixed); the student gets ``crop``
+``fix/ic_ens`` teacher prediction averaged over K inception crops, precomputed (needs the cache)
+``ind/rc``     independent random crops for teacher and student
+``ind/ic``     independent inception crops
+``same/rc``    the identical random crop for both ("consistent teaching")
+``same/ic``    the identical inception crop for both
+``funmatch``   function matching: the identical inception crop + mixup with the same parameters
+=============  ==============================================================================
+
+``same`` / ``ind`` alone use the crop named by ``crop``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+CROPS = ("rs", "cc", "rc", "ic")
+TEACHER_INPUTS = (
+    "fix/rs",
+    "fix/cc",
+    "fix/ic_ens",
+    "ind/rc",
+    "ind/ic",
+    "same/rc",
+    "same/ic",
+    "funmatch",
+    "same",
+    "ind",
+)
+_RESAMPLE = {"bilinear": PILImage.BILINEAR, "bicubic": PILImage.BICUBIC, "nearest": PILImage.NEAREST}
+_STUDENT_STREAM, _TEACHER_STREAM = 0, 1
+
+
+@dataclass(frozen=True)
+class TeacherInputMode:
+    """A parsed teacher-input mode: how the teacher's view relates to the student's."""
+
+    relation: str  # "fixed" | "independent" | "same"
+    student_crop: str
+    teacher_crop: str  # for "same" equal to student_crop
+    mixing: bool = False
+
+    @property
+    def needs_teacher_view(self) -> bool:
+        return self.teacher_crop != "ic_ens"
+
+
+def parse_teacher_input(teacher_input: str, crop: str) -> TeacherInputMode:
+    """``"same/ic"`` -> same relation with inception crops; ``"fix/rs"`` -> fixed resized teacher view, the
+    student's crop from ``crop`` … (see the module docstring)."""
+    if teacher_input not in TEACHER_INPUTS:
+        raise ValueError(f"teacher_input='{teacher_input}' is not one of {list(TEACHER_INPUTS)}")
+    if crop not in CROPS:
+        raise ValueError(f"crop='{crop}' is not one of {list(CROPS)}")
+    if teacher_input == "funmatch":
+        return TeacherInputMode("same", crop, crop, mixing=True)
+    if teacher_input in ("same", "ind"):
+        relation = "same" if teacher_input == "same" else "independent"
+        return TeacherInputMode(relation, crop, crop)
+    kind, teacher_crop = teacher_input.split("/")
+    if kind == "fix":
+        return TeacherInputMode("fixed", crop, teacher_crop)
+    relation = "same" if kind == "same" else "independent"
+    return TeacherInputMode(relation, teacher_crop, teacher_crop)
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """One sampled view: crop box (left, top, right, bottom) in original pixels, and a horizontal flip."""
+
+    box: tuple[float, float, float, float]
+    flip: bool = False
+
+
+def sample_generator(seed: int, epoch: int, sample_id: int, stream: int) -> np.random.Generator:
+    """The random stream of one sample in one epoch: independent of batch composition and worker layout."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, sample_id, stream])))
+
+
+def sample_box(
+    crop: str,
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    crop_fraction: float = 0.875,
+) -> tuple[float, float, float, float]:
+    """A crop box in pixel coordinates for one of ``CROPS`` (``rs``: the whole image; ``cc``: the central
+    ``crop_fraction``; ``rc``: a random ``crop_fraction`` box; ``ic``: an inception crop with timm's
+    ``scale``/``ratio`` ranges, falling back to a central crop like torchvision)."""
+    if crop == "rs":
+        return (0.0, 0.0, float(width), float(height))
+    if crop == "cc":
+        w, h = width * crop_fraction, height * crop_fraction
+        return ((width - w) / 2, (height - h) / 2, (width + w) / 2, (height + h) / 2)
+    if crop == "rc":
+        w, h = width * crop_fraction, height * crop_fraction
+        x0, y0 = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        return (x0, y0, x0 + w, y0 + h)
+    if crop != "ic":
+        raise ValueError(f"unknown crop '{crop}'")
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = math.sqrt(target_area * aspect), math.sqrt(target_area / aspect)
+        if 0 < w <= width and 0 < h <= height:
+            x0, y0 = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            return (x0, y0, x0 + w, y0 + h)
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = float(width), width / ratio[0]
+    elif in_ratio > ratio[1]:
+        w, h = height * ratio[1], float(height)
+    else:
+        w, h = float(width), float(height)
+    return ((width - w) / 2, (height - h) / 2, (width + w) / 2, (height + h) / 2)
+
+
+def eval_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """The evaluation view: the largest central square, as timm's eval transform with crop_pct=1.0."""
+    side = min(width, height)
+    return ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+
+
+def to_rgb(image: Any) -> PILImage.Image:
+    """Any PIL image (L, LA, P, RGBA, CMYK, I;16, I, F …) or array -> 8-bit RGB PIL image."""
+    if isinstance(image, np.ndarray):
+        image = PILImage.fromarray(image)
+    if not isinstance(image, PILImage.Image):
+        raise TypeError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        lo, hi = float(array.min()), float(array.max())
+        scaled = np.zeros_like(array) if hi <= lo else (array - lo) * (255.0 / (hi - lo))
+        image = PILImage.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = PILImage.alpha_composite(background, rgba)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def render_view(
+    image: PILImage.Image, params: ViewParams, size: int, interpolation: str = "bilinear"
+) -> torch.Tensor:
+    """Crop ``params.box`` out of ``image`` and resize it to ``size``x``size`` in one resampling step;
+    returns a uint8 (3, size, size) tensor."""
+    resized = image.resize((size, size), resample=_RESAMPLE[interpolation], box=params.box)
+    tensor = torch.from_numpy(np.array(resized, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+    return tensor.flip(-1) if params.flip else tensor
+
+
+@dataclass
+class AugmentationConfig:
+    """What the training views may do; names follow timm where timm has one."""
+
+    crop: str = "ic"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_fraction: float = 0.875
+    hflip: float = 0.5
+
+
+@dataclass
+class DistillationCollator:
+    """Collate dataset rows into uint8 student/teacher views, labels and sample ids.
+
+    Output keys: ``pixel_values`` (B, 3, S, S) uint8; ``teacher_pixel_values`` (B, 3, T, T) uint8 when the
+    teacher needs a view that differs from the student's (other box or other resolution); ``labels``
+    when the dataset has labels; ``sample_ids``; ``mix_perm``/``mix_lam`` when batch mixing is on.
+    """
+
+    student_size: int
+    teacher_size: int | None = None
+    teacher_input: str = "same"
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    train: bool = True
+    seed: int = 0
+    epoch: int = 0
+    image_column: str = "image"
+    label_column: str | None = "label"
+    student_interpolation: str = "bilinear"
+    teacher_interpolation: str = "bilinear"
+    mix_config: Any = None  # hf_distill.mixing.MixConfig; used by modes with mixing
+
+    def __post_init__(self) -> None:
+        self.mode = parse_teacher_input(self.teacher_input, self.augmentation.crop)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    # -- per sample ---------------------------------------------------------------------------------
+    def view_params(self, sample_id: int, width: int, height: int) -> tuple[ViewParams, ViewParams | None]:
+        """The (student, teacher) view parameters of one sample in the current epoch."""
+        if not self.train:
+            box = eval_box(width, height)
+            return ViewParams(box), ViewParams(box)
+        aug, mode = self.augmentation, self.mode
+        rng = sample_generator(self.seed, self.epoch, sample_id, _STUDENT_STREAM)
+        box = sample_box(
+            mode.student_crop, width, height, rng, aug.crop_scale, aug.crop_ratio, aug.crop_fraction
+        )
+        student = ViewParams(box, bool(rng.random() < aug.hflip))
+        if mode.relation == "same":
+            return student, student
+        if mode.relation == "fixed":
+            if not mode.needs_teacher_view:
+                return student, None
+            # A fixed teacher view does not depend on the epoch: the rng is not used for rs/cc.
+            return student, ViewParams(
+                sample_box(mode.teacher_crop, width, height, rng, crop_fraction=aug.crop_fraction)
+            )
+        teacher_rng = sample_generator(self.seed, self.epoch, sample_id, _TEACHER_STREAM)
+        teacher_box = sample_box(
+            mode.teacher_crop, width, height, teacher_rng, aug.crop_scale, aug.crop_ratio, aug.crop_fraction
+        )
+        return student, ViewParams(teacher_box, bool(teacher_rng.random() < aug.hflip))
+
+    # -- per batch ----------------------------------------------------------------------------------
+    @property
+    def emits_teacher_view(self) -> bool:
+        """Whether batches carry ``teacher_pixel_values`` (else the teacher reads ``pixel_values``)."""
+        if self.teacher_size is None or not self.mode.needs_teacher_view:
+            return False
+        same_pixels = (
+            self.teacher_size == self.student_size
+            and self.teacher_interpolation == self.student_interpolation
+        )
+        return not (same_pixels and (self.mode.relation == "same" or not self.train))
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        emit_teacher = self.emits_teacher_view
+        student_views, teacher_views, sample_ids, labels = [], [], [], []
+        for position, row in enumerate(rows):
+            sample_id = int(row.get("sample_id", position))
+            image = to_rgb(row[self.image_column])
+            student, teacher = self.view_params(sample_id, *image.size)
+            student_views.append(render_view(image, student, self.student_size, self.student_interpolation))
+            if emit_teacher:
+                teacher_views.append(
+                    render_view(image, teacher, self.teacher_size, self.teacher_interpolation)
+                )
+            sample_ids.append(sample_id)
+            label = row.get(self.label_column) if self.label_column is not None else None
+            if label is not None:
+                labels.append(int(label))
+        batch: dict[str, torch.Tensor] = {
+            "pixel_values": torch.stack(student_views),
+            "sample_ids": torch.tensor(sample_ids, dtype=torch.long),
+        }
+        if emit_teacher:
+            batch["teacher_pixel_values"] = torch.stack(teacher_views)
+        if labels and len(labels) == len(rows):
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        if self.train and self.mode.mixing:
+            self._mix(batch)
+        return batch
+
+    def batch_generator(self, sample_ids: torch.Tensor) -> torch.Generator:
+        """The batch-level random stream (mixing): a function of (seed, epoch, the batch's sample ids)."""
+        state = np.random.SeedSequence([self.seed, self.epoch, 2, *sample_ids.tolist()]).generate_state(
+            2, np.uint32
+        )
+        return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+    def _mix(self, batch: dict[str, torch.Tensor]) -> None:
+        from .mixing import MixConfig, apply_mix, sample_mix_params
+
+        config = self.mix_config if self.mix_config is not None else MixConfig()
+        params = sample_mix_params(
+            len(batch["sample_ids"]), config, self.batch_generator(batch["sample_ids"])
+        )
+        keys = [k for k in ("pixel_values", "teacher_pixel_values") if k in batch]
+        for key, mixed in zip(keys, apply_mix(params, *(batch[k] for k in keys))):
+            batch[key] = mixed
+        batch["mix_perm"] = params.perm
+        batch["mix_lam"] = params.lam.float()

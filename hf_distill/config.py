@@ -167,7 +167,6 @@ class DistillationConfig(TrainingArguments):
         default=False,
         metadata=_help("Kept False: the collator needs the image column, which no model forward names."),
     )
-    report_to: str | list[str] | None = field(default="none", metadata=_help("Integrations to report to."))
 
     def __post_init__(self) -> None:
         if isinstance(self.loss_kwargs, str):

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 class ModelOutputs:
     """What one forward pass produced, as the loss terms see it."""
 
-    logits: Tensor
+    logits: Tensor | None
     features: dict[str, Tensor] = field(default_factory=dict)
 
 

@@ -96,9 +96,10 @@ class DistillationTrainer(Trainer):
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         if model is None:
             raise ValueError("no student: pass `model=` or set DistillationConfig.student_model_name_or_path")
-        if teacher_model is None:
+        if teacher_model is None and (args.alpha > 0 or args.loss_types):
             raise ValueError(
-                "no teacher: pass `teacher_model=` or set DistillationConfig.teacher_model_name_or_path"
+                "no teacher: pass `teacher_model=` or set DistillationConfig.teacher_model_name_or_path "
+                "(training without a teacher needs alpha=0 and no loss_types: plain supervised training)"
             )
 
         _check_dataset(train_dataset, "train_dataset", args)
@@ -110,10 +111,8 @@ class DistillationTrainer(Trainer):
         student = load_model(
             model, label_names=self.label_names_, pretrained=args.student_pretrained, role="student"
         )
-        teacher = load_model(teacher_model, revision=args.teacher_revision, role="teacher")
         self.student_library = student.library
         self.student_preprocess = self._preprocess(student, args.image_size, args.interpolation)
-        teacher_preprocess = self._preprocess(teacher, args.teacher_image_size, None)
 
         num_student_outputs = probe_num_outputs(
             student.module, student.library, self.student_preprocess, "image_size"
@@ -124,12 +123,9 @@ class DistillationTrainer(Trainer):
                 f"classes {self.label_names_}; give a student with a matching head or a timm/transformers source "
                 "whose head we can size"
             )
-        num_teacher_outputs = probe_num_outputs(
-            teacher.module, teacher.library, teacher_preprocess, "teacher_image_size"
-        )
-        label_index = align_labels(teacher.label_names, self.label_names_, num_teacher_outputs)
-        dtype = _DTYPES[args.teacher_dtype] if args.teacher_dtype else None
-        self.teacher = Teacher(teacher, teacher_preprocess, label_index, dtype)
+        self.teacher: Teacher | None = None
+        if teacher_model is not None:
+            self.teacher = self._build_teacher(teacher_model, args)
         self.student_source = student.source if isinstance(model, str) else None
 
         if data_collator is None:
@@ -157,12 +153,21 @@ class DistillationTrainer(Trainer):
         self._student_kwargs = forward_kwargs(
             student.module, student.library, self.student_preprocess.image_size
         )
-        self.teacher.to(self.accelerator.device)
+        if self.teacher is not None:
+            self.teacher.to(self.accelerator.device)
         self.student_normalizer.to(self.accelerator.device)
         self._term_sums: dict[str, Tensor] = {}
         self._term_count = 0
 
     # ------------------------------------------------------------------------------------------- set-up
+    def _build_teacher(self, teacher_model: nn.Module | str, args: DistillationConfig) -> Teacher:
+        teacher = load_model(teacher_model, revision=args.teacher_revision, role="teacher")
+        preprocess = self._preprocess(teacher, args.teacher_image_size, None)
+        num_outputs = probe_num_outputs(teacher.module, teacher.library, preprocess, "teacher_image_size")
+        label_index = align_labels(teacher.label_names, self.label_names_, num_outputs)
+        dtype = _DTYPES[args.teacher_dtype] if args.teacher_dtype else None
+        return Teacher(teacher, preprocess, label_index, dtype)
+
     @staticmethod
     def _resolve_label_names(train_dataset, eval_sets, args: DistillationConfig) -> list[str]:
         for dataset in (train_dataset, *eval_sets.values()):
@@ -194,12 +199,13 @@ class DistillationTrainer(Trainer):
 
     def build_collator(self, args: DistillationConfig, train: bool) -> DistillationCollator:
         """The collator for training (augmented views) or evaluation (the central view)."""
-        teacher_interpolation = self.teacher.preprocess.interpolation
+        teacher = self.teacher.preprocess if self.teacher is not None else None
+        teacher_interpolation = teacher.interpolation if teacher is not None else "bilinear"
         if teacher_interpolation not in ("bilinear", "bicubic", "nearest"):
             teacher_interpolation = "bilinear"
         return DistillationCollator(
             student_size=self.student_preprocess.image_size,
-            teacher_size=self.teacher.preprocess.image_size,
+            teacher_size=teacher.image_size if teacher is not None else None,
             teacher_input=args.teacher_input,
             augmentation=AugmentationConfig(
                 crop=args.crop,
@@ -240,7 +246,9 @@ class DistillationTrainer(Trainer):
         inputs = self.student_normalizer(pixel_values)
         return forward_logits(model, inputs, self.student_library, **self._student_kwargs)
 
-    def teacher_logits(self, inputs: dict[str, Tensor]) -> Tensor:
+    def teacher_logits(self, inputs: dict[str, Tensor]) -> Tensor | None:
+        if self.teacher is None:
+            return None
         pixels = inputs.get("teacher_pixel_values")
         return self.teacher(pixels if pixels is not None else inputs["pixel_values"])
 
@@ -256,7 +264,7 @@ class DistillationTrainer(Trainer):
         if labels is not None and args.alpha < 1.0:
             terms["ce"] = self.cross_entropy(student.logits, labels, inputs)
             total = total + (1.0 - args.alpha) * terms["ce"]
-        if kd_weight > 0.0:
+        if kd_weight > 0.0 and teacher.logits is not None:
             terms["kd"] = kd_loss(student.logits, teacher.logits, args.temperature)
             total = total + kd_weight * terms["kd"]
         for name, fn, weight, params in self.extra_terms:
@@ -299,7 +307,9 @@ class DistillationTrainer(Trainer):
             loss, _ = self.distillation_loss(student, teacher, inputs)
         if prediction_loss_only:
             return loss.detach(), None, None
-        return loss.detach(), (student.logits.float(), teacher.logits.float()), inputs.get("labels")
+        logits = student.logits.float()
+        predictions = logits if teacher.logits is None else (logits, teacher.logits.float())
+        return loss.detach(), predictions, inputs.get("labels")
 
     # ------------------------------------------------------------------------------------------ logging
     def _record_terms(self, terms: dict[str, Tensor]) -> None:

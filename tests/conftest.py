@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 
+from hf_distill import DistillationConfig  # noqa: E402
 from hf_distill.data import digits_dataset  # noqa: E402
 from hf_distill.hub import PreprocessSpec, save_student  # noqa: E402
 
@@ -64,3 +65,24 @@ def timm_teacher_dir(tmp_path):
 @pytest.fixture
 def hf_teacher_dir(tmp_path):
     return save_in_hub_layout(tiny_hf_resnet(seed=2), tmp_path / "hf-teacher")
+
+
+def make_args(tmp_path, **overrides):
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        image_size=SMALL,
+        teacher_image_size=SMALL,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=48,
+        learning_rate=1e-2,
+        max_steps=3,
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        crop="rs",
+        hflip=0.0,
+        seed=0,
+        disable_tqdm=True,
+    )
+    base.update(overrides)
+    return DistillationConfig(**base)

@@ -8,31 +8,10 @@ import torch
 from torch import nn
 from transformers import pipeline
 
-from hf_distill import DistillationConfig, DistillationTrainer
+from hf_distill import DistillationTrainer
 from hf_distill.losses import kd_loss
 
-from .conftest import SMALL, tiny_hf_resnet, tiny_timm
-
-
-def make_args(tmp_path, **overrides):
-    base = dict(
-        output_dir=str(tmp_path / "out"),
-        image_size=SMALL,
-        teacher_image_size=SMALL,
-        per_device_train_batch_size=16,
-        per_device_eval_batch_size=48,
-        learning_rate=1e-2,
-        max_steps=3,
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-        crop="rs",
-        hflip=0.0,
-        seed=0,
-        disable_tqdm=True,
-    )
-    base.update(overrides)
-    return DistillationConfig(**base)
+from .conftest import make_args, tiny_hf_resnet, tiny_timm
 
 
 def state(module: nn.Module) -> dict[str, torch.Tensor]:

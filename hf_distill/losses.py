@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,8 @@ class ModelOutputs:
 
     logits: Tensor | None
     features: dict[str, Tensor] = field(default_factory=dict)
+    # What trainable auxiliary modules (projectors, self-learning teachers, peers …) returned in this forward.
+    auxiliary: dict[str, Any] = field(default_factory=dict)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:

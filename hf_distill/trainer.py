@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,7 @@ from .teacher import Teacher, forward_kwargs, probe_num_outputs
 
 logger = logging.getLogger(__name__)
 
+AUXILIARY_WEIGHTS_NAME = "auxiliary.safetensors"
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -43,6 +45,35 @@ class _EpochCallback(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         if hasattr(self.collator, "set_epoch"):
             self.collator.set_epoch(math.floor(state.epoch + 1e-6))
+
+
+class DistillationModule(nn.Module):
+    """``Trainer.model`` when there are trainable auxiliary modules: the student plus every one of them
+    (projectors, self-learning teachers, peer students …), so the optimizer, DDP/FSDP/DeepSpeed and
+    checkpoints cover all trained parameters with no special case.
+
+    Its forward runs the student and then each auxiliary module as ``module(student, teacher, batch)``,
+    inside the one forward the distributed wrapper sees; what they return lands in
+    ``ModelOutputs.auxiliary[name]``. ``save_model`` still writes the student alone.
+    """
+
+    def __init__(self, student: nn.Module, auxiliary: dict[str, nn.Module], library: str, student_kwargs: dict):
+        super().__init__()
+        self.student = student
+        self.auxiliary = nn.ModuleDict(auxiliary)
+        self.library = library
+        self.student_kwargs = dict(student_kwargs)
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        teacher: ModelOutputs | None = None,
+        batch: dict[str, Tensor] | None = None,
+    ) -> ModelOutputs:
+        outputs = ModelOutputs(forward_logits(self.student, pixel_values, self.library, **self.student_kwargs))
+        for name, module in self.auxiliary.items():
+            outputs.auxiliary[name] = module(outputs, teacher, batch if batch is not None else {})
+        return outputs
 
 
 def _check_dataset(dataset: Dataset | None, name: str, config: DistillationConfig) -> None:
@@ -86,6 +117,7 @@ class DistillationTrainer(Trainer):
         compute_metrics: Callable | None = None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple[Any, Any] = (None, None),
+        auxiliary_modules: dict[str, nn.Module] | None = None,
         **kwargs: Any,
     ):
         if args is None:
@@ -135,8 +167,14 @@ class DistillationTrainer(Trainer):
         if train_dataset is not None and isinstance(train_dataset, Dataset):
             train_dataset = _with_sample_ids(train_dataset)
 
+        self._student_kwargs = forward_kwargs(student.module, student.library, self.student_preprocess.image_size)
+        auxiliary = {**self.build_auxiliary_modules(args, student), **(auxiliary_modules or {})}
+        trained: nn.Module = student.module
+        if auxiliary:
+            trained = DistillationModule(student.module, auxiliary, student.library, self._student_kwargs)
+
         super().__init__(
-            model=student.module,
+            model=trained,
             args=args,
             data_collator=data_collator,
             train_dataset=train_dataset,
@@ -150,9 +188,6 @@ class DistillationTrainer(Trainer):
         # equals GA=1 at B.
         self.model_accepts_loss_kwargs = False
         self.student_normalizer = Normalizer(self.student_preprocess.mean, self.student_preprocess.std)
-        self._student_kwargs = forward_kwargs(
-            student.module, student.library, self.student_preprocess.image_size
-        )
         if self.teacher is not None:
             self.teacher.to(self.accelerator.device)
         self.student_normalizer.to(self.accelerator.device)
@@ -167,6 +202,23 @@ class DistillationTrainer(Trainer):
         label_index = align_labels(teacher.label_names, self.label_names_, num_outputs)
         dtype = _DTYPES[args.teacher_dtype] if args.teacher_dtype else None
         return Teacher(teacher, preprocess, label_index, dtype)
+
+    def build_auxiliary_modules(self, args: DistillationConfig, student: LoadedModel) -> dict[str, nn.Module]:
+        """Trainable modules the configured methods need beside the student (none for plain KD). Methods that
+        need some add them here; a user can also pass ``auxiliary_modules=`` to the trainer."""
+        return {}
+
+    @property
+    def student(self) -> nn.Module:
+        """The student alone, unwrapped from DDP/DeepSpeed and from the auxiliary-module wrapper."""
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        return model.student if isinstance(model, DistillationModule) else model
+
+    def auxiliary_module(self, name: str) -> nn.Module:
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if not isinstance(model, DistillationModule) or name not in model.auxiliary:
+            raise KeyError(f"no auxiliary module named '{name}'")
+        return model.auxiliary[name]
 
     @staticmethod
     def _resolve_label_names(train_dataset, eval_sets, args: DistillationConfig) -> list[str]:
@@ -243,8 +295,16 @@ class DistillationTrainer(Trainer):
 
     # ---------------------------------------------------------------------------------------- forward
     def student_logits(self, model: nn.Module, pixel_values: Tensor) -> Tensor:
-        inputs = self.student_normalizer(pixel_values)
-        return forward_logits(model, inputs, self.student_library, **self._student_kwargs)
+        return self.student_outputs(model, {"pixel_values": pixel_values}, None).logits
+
+    def student_outputs(
+        self, model: nn.Module, inputs: dict[str, Tensor], teacher: ModelOutputs | None
+    ) -> ModelOutputs:
+        """The student's forward (and, through the wrapper, every auxiliary module's) on normalised pixels."""
+        pixels = self.student_normalizer(inputs["pixel_values"])
+        if isinstance(self.accelerator.unwrap_model(model, keep_torch_compile=False), DistillationModule):
+            return model(pixel_values=pixels, teacher=teacher, batch=inputs)
+        return ModelOutputs(forward_logits(model, pixels, self.student_library, **self._student_kwargs))
 
     def teacher_logits(self, inputs: dict[str, Tensor]) -> Tensor | None:
         if self.teacher is None:
@@ -290,8 +350,8 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Tensor | int | None = None,
     ):
-        student = ModelOutputs(self.student_logits(model, inputs["pixel_values"]))
         teacher = ModelOutputs(self.teacher_logits(inputs))
+        student = self.student_outputs(model, inputs, teacher)
         loss, terms = self.distillation_loss(student, teacher, inputs)
         if model.training:
             self._record_terms(terms)
@@ -302,8 +362,8 @@ class DistillationTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            student = ModelOutputs(self.student_logits(model, inputs["pixel_values"]))
             teacher = ModelOutputs(self.teacher_logits(inputs))
+            student = self.student_outputs(model, inputs, teacher)
             loss, _ = self.distillation_loss(student, teacher, inputs)
         if prediction_loss_only:
             return loss.detach(), None, None
@@ -346,16 +406,51 @@ class DistillationTrainer(Trainer):
         )
 
     # ------------------------------------------------------------------------------------------- saving
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # Checkpoints (internal calls) also need the auxiliary modules to resume; a user's save does not.
+        self._saving_checkpoint = _internal_call
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            self._saving_checkpoint = False
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Write the student alone, in a layout both transformers and timm load (never the teacher)."""
+        """Write the student alone, in a layout both transformers and timm load (never the teacher); into
+        checkpoints also the auxiliary modules (``auxiliary.safetensors``)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
-        student = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        student_state, auxiliary_state = state_dict, None
+        if isinstance(model, DistillationModule):
+            full = state_dict if state_dict is not None else model.state_dict()
+            student_state = {k[len("student.") :]: v for k, v in full.items() if k.startswith("student.")}
+            auxiliary_state = {k: v for k, v in full.items() if k.startswith("auxiliary.")}
         save_student(
-            student,
+            model.student if isinstance(model, DistillationModule) else model,
             output_dir,
             label_names=self.label_names_,
             preprocess=self.student_preprocess,
-            state_dict=state_dict,
+            state_dict=student_state,
         )
+        if auxiliary_state and getattr(self, "_saving_checkpoint", False):
+            from safetensors.torch import save_file
+
+            tmp = os.path.join(output_dir, f".{AUXILIARY_WEIGHTS_NAME}.tmp")
+            save_file({k: v.detach().contiguous().cpu() for k, v in auxiliary_state.items()}, tmp)
+            os.replace(tmp, os.path.join(output_dir, AUXILIARY_WEIGHTS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model, keep_torch_compile=False)
+        if not isinstance(wrapper, DistillationModule) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from safetensors.torch import load_file
+
+        student_file = os.path.join(resume_from_checkpoint, "model.safetensors")
+        auxiliary_file = os.path.join(resume_from_checkpoint, AUXILIARY_WEIGHTS_NAME)
+        for path in (student_file, auxiliary_file):
+            if not os.path.isfile(path):
+                raise ValueError(f"checkpoint {resume_from_checkpoint} has no {os.path.basename(path)}; cannot resume")
+        wrapper.student.load_state_dict(load_file(student_file, device="cpu"))
+        auxiliary = {k[len("auxiliary.") :]: v for k, v in load_file(auxiliary_file, device="cpu").items()}
+        wrapper.auxiliary.load_state_dict(auxiliary)

@@ -3,7 +3,9 @@
 from .collators import DistillationCollator
 from .config import DistillationConfig
 from .losses import LOSSES, ModelOutputs, kd_loss
-from .teacher import Teacher
+from .reliability import NonFiniteLossError, TeacherIntegrityError
+from .teacher import Teacher, TeacherEnsemble
+from .teacher_cache import TeacherCache
 from .trainer import DistillationTrainer
 
 __version__ = "0.1.0"
@@ -14,6 +16,10 @@ __all__ = [
     "DistillationConfig",
     "DistillationTrainer",
     "ModelOutputs",
+    "NonFiniteLossError",
     "Teacher",
+    "TeacherCache",
+    "TeacherEnsemble",
+    "TeacherIntegrityError",
     "kd_loss",
 ]

@@ -88,4 +88,8 @@ def run(trainer, args: DistillationConfig) -> dict[str, float]:
         card = out / "README.md"
         if card.exists():
             print(f"model card: {card}")
+        if args.model_card_dir and card.exists():
+            print(f"card copied to: {Path(args.model_card_dir).resolve()}")
+        if args.push_to_hub and trainer.hub_model_id:  # save_model() uploaded the student (hf_distill.release)
+            print(f"pushed to: https://huggingface.co/{trainer.hub_model_id}")
     return metrics

@@ -8,9 +8,10 @@ Views are uint8 tensors: normalisation to each model's mean/std happens on the d
 Teacher-input modes (Beyer et al., "Knowledge distillation: a good teacher is patient and consistent"):
 
 =============  ==============================================================================
-``fix/rs``     teacher sees the whole image resized (a fixed view); the student gets ``crop``
-``fix/cc``     teacher sees the central crop (fixed); the student gets ``crop``
-``fix/ic_ens`` teacher prediction averaged over K inception crops, precomputed (needs the cache)
+``fix/rs``     teacher and student see the whole image resized (the teacher's view is fixed)
+``fix/cc``     teacher sees the central crop (fixed); the student a mild random crop (``rc``)
+``fix/ic_ens`` teacher prediction averaged over K inception crops, precomputed by
+               :mod:`hf_distill.teacher_cache`; the student gets inception crops
 ``ind/rc``     independent random crops for teacher and student
 ``ind/ic``     independent inception crops
 ``same/rc``    the identical random crop for both ("consistent teaching")
@@ -18,11 +19,15 @@ Teacher-input modes (Beyer et al., "Knowledge distillation: a good teacher is pa
 ``funmatch``   function matching: the identical inception crop + mixup with the same parameters
 =============  ==============================================================================
 
-``same`` / ``ind`` alone use the crop named by ``crop``.
+``same`` / ``ind`` alone and ``funmatch`` use the crop named by ``crop``; the ``fix/*`` modes pair the
+student crop with the teacher's view as the paper does. Teacher ensembles whose members run at several
+resolutions get one extra view per further resolution (``teacher_pixel_values_<size>``), rendered from
+the teacher's crop box, so every member sees the same pixels.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +51,25 @@ TEACHER_INPUTS = (
 )
 _RESAMPLE = {"bilinear": PILImage.BILINEAR, "bicubic": PILImage.BICUBIC, "nearest": PILImage.NEAREST}
 _STUDENT_STREAM, _TEACHER_STREAM = 0, 1
+_FIXED_STUDENT_CROP = {"rs": "rs", "cc": "rc", "ic_ens": "ic"}
+
+
+def teacher_view_key(size: int) -> str:
+    """Batch key of the extra teacher view at ``size`` pixels (teacher ensembles at several resolutions)."""
+    return f"teacher_pixel_values_{size}"
+
+
+def teacher_views(batch: dict[str, Any]) -> dict[int, torch.Tensor]:
+    """Every teacher view in a batch keyed by resolution: ``teacher_pixel_values`` (or, when the teacher
+    shares the student's pixels, ``pixel_values``) plus the extra ensemble views."""
+    main = batch.get("teacher_pixel_values")
+    main = main if main is not None else batch["pixel_values"]
+    views = {int(main.shape[-1]): main}
+    prefix = teacher_view_key(0)[:-1]
+    for key, value in batch.items():
+        if key.startswith(prefix) and key[len(prefix) :].isdigit():
+            views[int(key[len(prefix) :])] = value
+    return views
 
 
 @dataclass(frozen=True)
@@ -76,7 +100,8 @@ def parse_teacher_input(teacher_input: str, crop: str) -> TeacherInputMode:
         return TeacherInputMode(relation, crop, crop)
     kind, teacher_crop = teacher_input.split("/")
     if kind == "fix":
-        return TeacherInputMode("fixed", crop, teacher_crop)
+        # The paper's fixed-teacher baselines fix the student's crop too (Beyer et al., Sec. 3.2).
+        return TeacherInputMode("fixed", _FIXED_STUDENT_CROP[teacher_crop], teacher_crop)
     relation = "same" if kind == "same" else "independent"
     return TeacherInputMode(relation, teacher_crop, teacher_crop)
 
@@ -142,18 +167,32 @@ def eval_box(width: int, height: int) -> tuple[float, float, float, float]:
     return ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
 
 
+def _decode_undecoded(value: dict[str, Any]) -> PILImage.Image:
+    data, path = value.get("bytes"), value.get("path")
+    image = PILImage.open(io.BytesIO(data)) if data is not None else PILImage.open(path)
+    image.load()
+    return image
+
+
 def to_rgb(image: Any) -> PILImage.Image:
     """Any PIL image (L, LA, P, RGBA, CMYK, I;16, I, F …) or array -> 8-bit RGB PIL image."""
+    if isinstance(image, dict) and ("bytes" in image or "path" in image):
+        image = _decode_undecoded(image)  # a datasets.Image(decode=False) value
     if isinstance(image, np.ndarray):
         image = PILImage.fromarray(image)
     if not isinstance(image, PILImage.Image):
         raise TypeError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        lo, hi = float(array.min()), float(array.max())
+        with np.errstate(invalid="ignore"):  # signalling-NaN pixels raise a flag when widened
+            array = np.asarray(image, dtype=np.float64)
+        finite = np.isfinite(array)  # NaN/inf pixels of float images become the darkest finite value
+        lo, hi = (float(array[finite].min()), float(array[finite].max())) if finite.any() else (0.0, 0.0)
+        array = np.where(finite, array, lo)
         scaled = np.zeros_like(array) if hi <= lo else (array - lo) * (255.0 / (hi - lo))
         image = PILImage.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode == "La":  # premultiplied alpha: PIL converts it to LA only
+        image = image.convert("LA")
+    if image.mode in ("RGBA", "RGBa", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = PILImage.alpha_composite(background, rgba)
@@ -202,6 +241,7 @@ class DistillationCollator:
     student_interpolation: str = "bilinear"
     teacher_interpolation: str = "bilinear"
     mix_config: Any = None  # hf_distill.mixing.MixConfig; used by modes with mixing
+    extra_teacher_sizes: tuple[int, ...] = ()  # further ensemble resolutions, one view each
 
     def __post_init__(self) -> None:
         self.mode = parse_teacher_input(self.teacher_input, self.augmentation.crop)
@@ -248,18 +288,31 @@ class DistillationCollator:
         )
         return not (same_pixels and (self.mode.relation == "same" or not self.train))
 
+    @property
+    def active_extra_sizes(self) -> tuple[int, ...]:
+        """Ensemble resolutions that get a view of their own (none without a teacher view to render)."""
+        if self.teacher_size is None or not self.mode.needs_teacher_view:
+            return ()
+        return tuple(sorted({s for s in self.extra_teacher_sizes if s != self.teacher_size}))
+
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from .reliability import load_image
+
         emit_teacher = self.emits_teacher_view
+        extra_sizes = self.active_extra_sizes
         student_views, teacher_views, sample_ids, labels = [], [], [], []
+        extra_views: dict[int, list[torch.Tensor]] = {size: [] for size in extra_sizes}
         for position, row in enumerate(rows):
             sample_id = int(row.get("sample_id", position))
-            image = to_rgb(row[self.image_column])
+            image = load_image(row[self.image_column], sample_id, self.image_column)  # errors name the sample
             student, teacher = self.view_params(sample_id, *image.size)
             student_views.append(render_view(image, student, self.student_size, self.student_interpolation))
             if emit_teacher:
                 teacher_views.append(
                     render_view(image, teacher, self.teacher_size, self.teacher_interpolation)
                 )
+            for size in extra_sizes:
+                extra_views[size].append(render_view(image, teacher, size, self.teacher_interpolation))
             sample_ids.append(sample_id)
             label = row.get(self.label_column) if self.label_column is not None else None
             if label is not None:
@@ -270,6 +323,8 @@ class DistillationCollator:
         }
         if emit_teacher:
             batch["teacher_pixel_values"] = torch.stack(teacher_views)
+        for size in extra_sizes:
+            batch[teacher_view_key(size)] = torch.stack(extra_views[size])
         if labels and len(labels) == len(rows):
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
         if self.train and self.mode.mixing:
@@ -290,7 +345,7 @@ class DistillationCollator:
         params = sample_mix_params(
             len(batch["sample_ids"]), config, self.batch_generator(batch["sample_ids"])
         )
-        keys = [k for k in ("pixel_values", "teacher_pixel_values") if k in batch]
+        keys = [k for k in batch if k == "pixel_values" or k.startswith("teacher_pixel_values")]
         for key, mixed in zip(keys, apply_mix(params, *(batch[k] for k in keys))):
             batch[key] = mixed
         batch["mix_perm"] = params.perm

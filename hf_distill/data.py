@@ -40,6 +40,7 @@ def class_names(dataset: Dataset, label_column: str = "label") -> list[str]:
     if not isinstance(feature, ClassLabel):
         raise ValueError(
             f"column '{label_column}' is {type(feature).__name__}, not a ClassLabel, so the class names are unknown; "
-            f"cast it with dataset.cast_column('{label_column}', ClassLabel(names=[...]))"
+            f"cast it with dataset.cast_column('{label_column}', ClassLabel(names=[...])), or point "
+            "DistillationConfig.label_column_name at the ClassLabel column"
         )
     return list(feature.names)

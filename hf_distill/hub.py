@@ -212,13 +212,21 @@ def load_model(
     pretrained: bool = True,
     revision: str | None = None,
     role: str = "model",
+    model_kwargs: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a classifier.
 
     With ``label_names`` (students), the classifier is sized for those classes: a fresh head when the
     checkpoint's classes differ. Without (teachers), the checkpoint is loaded exactly as saved — never
     with a resized or re-initialised head, so the label check that follows is meaningful.
+    ``model_kwargs`` go to ``timm.create_model`` (timm models only; e.g. ``img_size``, ``patch_size``).
     """
+    if model_kwargs and (isinstance(model, nn.Module) or resolve_source(model)[0] != "timm"):
+        raise ValueError(
+            f"model_kwargs {sorted(model_kwargs)} (DistillationConfig.student_model_kwargs) only apply to a {role} "
+            "built by timm.create_model (a timm architecture name, timm Hub id or timm directory); remove them or "
+            f"configure the {role} itself"
+        )
     if isinstance(model, nn.Module):
         library = library_of(model)
         return LoadedModel(model, library, _preprocess_of(model, library), label_names_of(model), None)
@@ -236,7 +244,7 @@ def load_model(
             source, load_pretrained = (model if model.startswith("hf-hub:") else f"hf-hub:{model}"), True
         else:
             source, load_pretrained = model, pretrained
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = dict(model_kwargs or {})
         if label_names is not None:
             kwargs["num_classes"] = len(label_names)
         module = timm.create_model(source, pretrained=load_pretrained, **kwargs)

@@ -686,3 +686,191 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
     "dkd": dkd_term,
     "ce": ce_term,
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature term adapters. They read the tapped features (``ModelOutputs.features``, in the order of
+# DistillationConfig.student_feature_layers / teacher_feature_layers: position i of one pairs with
+# position i of the other) and, for learnable methods, what their auxiliary module returned
+# (``ModelOutputs.auxiliary[<term name>]``, built by hf_distill.features). ``pairs`` / ``pair`` pick
+# positions; multi-pair terms sum over pairs, as the papers sum over layers.
+# ---------------------------------------------------------------------------------------------
+
+
+def _pairs_of(student: ModelOutputs, teacher: ModelOutputs, pairs: Any, default: str) -> list[tuple[Tensor, Tensor]]:
+    s, t = list(student.features.values()), list(teacher.features.values())
+    if not s or len(s) != len(t):
+        raise ValueError(
+            "this loss term needs tapped features: set DistillationConfig.student_feature_layers and "
+            "teacher_feature_layers (one teacher layer per student layer)"
+        )
+    if pairs is None:
+        chosen = range(len(s)) if default == "all" else [len(s) - 1]
+    else:
+        chosen = [pairs] if isinstance(pairs, int) else pairs
+    return [(s[i], t[i]) for i in chosen]
+
+
+def fitnet_term(student: ModelOutputs, teacher: ModelOutputs, batch: dict, pairs: Any = None) -> Tensor:
+    """FitNet hints: :func:`fitnet_loss` between the *projected* student features (the ``fitnet``
+    auxiliary module's output) and the teacher's, summed over the used pairs (default: all)."""
+    projected = student.auxiliary["fitnet"]
+    t = list(teacher.features.values())
+    return torch.stack([fitnet_loss(projected[i], t[i]) for i in sorted(projected)]).sum()
+
+
+def at_term(
+    student: ModelOutputs, teacher: ModelOutputs, batch: dict, pairs: Any = None, p: float = 2.0
+) -> Tensor:
+    """Attention transfer, :func:`at_loss` summed over the used map pairs (default: all)."""
+    return torch.stack([at_loss(s, t, p) for s, t in _pairs_of(student, teacher, pairs, "all")]).sum()
+
+
+def fsp_term(student: ModelOutputs, teacher: ModelOutputs, batch: dict, pairs: Any = None) -> Tensor:
+    """FSP: the FSP matrices of consecutive tapped layers (i, i+1) of the student against the teacher's,
+    see :func:`fsp_loss`; needs at least two tapped layers per model with equal paired channel counts."""
+    chosen = _pairs_of(student, teacher, pairs, "all")
+    if len(chosen) < 2:
+        raise ValueError("the fsp term needs at least two tapped layers per model (FSP relates consecutive layers)")
+    s_pairs = [(chosen[i][0], chosen[i + 1][0]) for i in range(len(chosen) - 1)]
+    t_pairs = [(chosen[i][1], chosen[i + 1][1]) for i in range(len(chosen) - 1)]
+    return fsp_loss(s_pairs, t_pairs)
+
+
+def sp_term(student: ModelOutputs, teacher: ModelOutputs, batch: dict, pairs: Any = None) -> Tensor:
+    """Similarity preserving, :func:`sp_loss`, on the last tapped pair by default."""
+    return torch.stack([sp_loss(s, t) for s, t in _pairs_of(student, teacher, pairs, "last")]).sum()
+
+
+def pkt_term(student: ModelOutputs, teacher: ModelOutputs, batch: dict, pairs: Any = None) -> Tensor:
+    """Probabilistic knowledge transfer, :func:`pkt_loss`, on the last tapped pair by default."""
+    return torch.stack([pkt_loss(s, t) for s, t in _pairs_of(student, teacher, pairs, "last")]).sum()
+
+
+def rkd_term(
+    student: ModelOutputs,
+    teacher: ModelOutputs,
+    batch: dict,
+    pairs: Any = None,
+    distance_weight: float = 25.0,
+    angle_weight: float = 50.0,
+) -> Tensor:
+    """Relational KD, :func:`rkd_loss`, on the last tapped pair by default (the paper uses the embedding:
+    tap ``pre_logits``)."""
+    chosen = _pairs_of(student, teacher, pairs, "last")
+    return torch.stack([rkd_loss(s, t, distance_weight, angle_weight) for s, t in chosen]).sum()
+
+
+def cc_term(
+    student: ModelOutputs,
+    teacher: ModelOutputs,
+    batch: dict,
+    pairs: Any = None,
+    gamma: float = 0.4,
+    p_order: int = 2,
+) -> Tensor:
+    """Correlation congruence, :func:`cc_loss`, on the last tapped pair by default."""
+    chosen = _pairs_of(student, teacher, pairs, "last")
+    return torch.stack([cc_loss(s, t, gamma, p_order) for s, t in chosen]).sum()
+
+
+def vid_term(
+    student: ModelOutputs,
+    teacher: ModelOutputs,
+    batch: dict,
+    pairs: Any = None,
+    hidden_channels: int | None = None,
+    init_variance: float = 5.0,
+) -> Tensor:
+    """Variational information distillation: the summed :class:`VIDLoss` the ``vid`` auxiliary module
+    computed (``pairs``, ``hidden_channels``, ``init_variance`` configure that module)."""
+    return student.auxiliary["vid"]
+
+
+def crd_term(
+    student: ModelOutputs,
+    teacher: ModelOutputs,
+    batch: dict,
+    pair: int | None = None,
+    feat_dim: int = 128,
+    num_negatives: int | None = None,
+    nce_temperature: float = 0.07,
+    momentum: float = 0.5,
+) -> Tensor:
+    """Contrastive representation distillation: the :class:`CRDLoss` the ``crd`` auxiliary module computed
+    on the last tapped pair by default (the parameters configure that module; ``num_negatives`` defaults
+    to ``min(16384, len(train_dataset))``). Evaluation batches are not scored (0)."""
+    value = student.auxiliary["crd"]
+    return value if value is not None else _zero_like_graph(student.logits)
+
+
+for _term in (fitnet_term, at_term, fsp_term, sp_term, pkt_term, rkd_term, cc_term, vid_term, crd_term):
+    _term.needs_features = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Online distillation
+# ---------------------------------------------------------------------------------------------
+
+PEER_PREFIX = "peer"
+
+
+def dml_loss(cohort_logits: Sequence[Tensor], temperature: float = 1.0) -> list[Tensor]:
+    """Deep mutual learning (Zhang et al., CVPR 2018), the mimicry part, in fp32.
+
+    For a cohort of ``K >= 2`` networks with logits ``z_k``, network ``k`` gets
+    ``1 / (K - 1) * sum_{l != k} tau^2 * KL(p_l || p_k)`` with ``p = softmax(z / tau)``; the other
+    networks' predictions are targets (no gradient through them). Returns one value per network.
+    """
+    if len(cohort_logits) < 2:
+        raise ValueError("dml_loss needs a cohort of at least two networks")
+    detached = [z.detach() for z in cohort_logits]
+    out = []
+    for k, z in enumerate(cohort_logits):
+        others = [kd_loss(z, detached[j], temperature) for j in range(len(cohort_logits)) if j != k]
+        out.append(torch.stack(others).mean())
+    return out
+
+
+def _mixed_ce(logits: Tensor, batch: dict) -> Tensor:
+    labels = _labels(batch)
+    perm, lam = batch.get("mix_perm"), batch.get("mix_lam")
+    if perm is None:
+        return ce_loss(logits, labels)
+    own = F.cross_entropy(logits.float(), labels, reduction="none")
+    partner = F.cross_entropy(logits.float(), labels[perm], reduction="none")
+    return (lam * own + (1.0 - lam) * partner).mean()
+
+
+def dml_term(student: ModelOutputs, teacher: ModelOutputs, batch: dict, temperature: float = 1.0) -> Tensor:
+    """DML for the whole cohort: the student plus every peer (auxiliary modules named ``peer*``).
+
+    ``sum_k mimicry_k`` (:func:`dml_loss`) ``+ sum_{peers} CE(peer, labels)`` (mixed-label CE under batch
+    mixing); the student's own CE is the trainer's ``(1 - alpha) * CE``. Each network's gradient comes only
+    from its own terms, so one backward pass is the simultaneous DML update. DML usually runs at
+    ``temperature: 1``.
+    """
+    peers = [v.logits for k, v in student.auxiliary.items() if k.startswith(PEER_PREFIX)]
+    if not peers:
+        raise ValueError("the dml term needs peers: set DistillationConfig.peer_model_names_or_paths")
+    cohort = [student.logits, *peers]
+    mimicry = torch.stack(dml_loss(cohort, temperature)).sum()
+    return mimicry + torch.stack([_mixed_ce(z, batch) for z in peers]).sum()
+
+
+dml_term.needs_teacher = False
+
+LOSSES.update(
+    {
+        "fitnet": fitnet_term,
+        "at": at_term,
+        "fsp": fsp_term,
+        "sp": sp_term,
+        "pkt": pkt_term,
+        "rkd": rkd_term,
+        "cc": cc_term,
+        "vid": vid_term,
+        "crd": crd_term,
+        "dml": dml_term,
+    }
+)

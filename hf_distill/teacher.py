@@ -118,3 +118,84 @@ class Teacher:
         if self.label_index is not None:
             logits = logits.index_select(-1, self.label_index)
         return logits
+
+    @torch.no_grad()
+    def forward_with_features(self, pixels: Tensor, tap: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """Like calling the teacher, but through a :class:`hf_distill.features.FeatureTap` built on
+        ``self.module``: returns ``(logits, {layer: feature})``, all without gradient."""
+        self.calls += 1
+        if self.module.training:
+            self.module.eval()
+        inputs = self.normalizer(pixels)
+        if self.dtype is not None:
+            inputs = inputs.to(self.dtype)
+        logits, features = tap(self.module, inputs, **self._kwargs)
+        if self.label_index is not None:
+            logits = logits.index_select(-1, self.label_index)
+        return logits, features
+
+
+def average_tempered_probabilities(logits: list[Tensor], temperature: float) -> Tensor:
+    """Ensemble logits whose tempered softmax is the mean of the members' tempered softmaxes.
+
+    Returns ``temperature * log(mean_k softmax(z_k / temperature))`` in fp32, so that
+    ``softmax(output / temperature)`` — what ``kd_loss`` computes — equals the averaged probabilities exactly,
+    and ``argmax(output)`` is the ensemble's prediction.
+    """
+    log_probs = torch.stack([torch.log_softmax(z.float() / temperature, dim=-1) for z in logits])
+    mean = torch.logsumexp(log_probs, dim=0) - torch.log(torch.tensor(float(len(logits))))
+    return temperature * mean
+
+
+class TeacherEnsemble:
+    """Several frozen :class:`Teacher` s, each at its own resolution, whose probabilities at ``temperature``
+    are averaged (the paper's 224 + 384 ensemble). See :func:`average_tempered_probabilities` for how the
+    average enters ``kd_loss``.
+
+    Called with a dict ``{resolution: uint8 pixels}`` each member takes the view at its own resolution (a
+    member whose resolution is missing gets the first view resized); a plain tensor is shared by all.
+    """
+
+    def __init__(self, members: list[Teacher], temperature: float):
+        if len(members) < 2:
+            raise ValueError("a TeacherEnsemble needs at least two teachers")
+        self.members = list(members)
+        self.temperature = float(temperature)
+        self.preprocess = members[0].preprocess
+        self.library = members[0].library
+        self.source = [m.source for m in members]
+        self.module = nn.ModuleList([m.module for m in members])
+        self.normalizer = members[0].normalizer
+        self.label_index = members[0].label_index
+
+    @property
+    def image_sizes(self) -> tuple[int, ...]:
+        return tuple(m.preprocess.image_size for m in self.members)
+
+    @property
+    def calls(self) -> int:
+        return sum(m.calls for m in self.members)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(m.num_parameters for m in self.members)
+
+    def to(self, device: torch.device | str) -> TeacherEnsemble:
+        for member in self.members:
+            member.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, pixels: Tensor | dict[int, Tensor]) -> Tensor:
+        views = pixels if isinstance(pixels, dict) else {int(pixels.shape[-1]): pixels}
+        logits = []
+        for member in self.members:
+            size = member.preprocess.image_size
+            view = views.get(size)
+            if view is None:  # no view rendered at this size: resize the first one on the device
+                first = next(iter(views.values()))
+                view = torch.nn.functional.interpolate(
+                    first.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                )
+            logits.append(member(view))
+        return average_tempered_probabilities(logits, self.temperature)

@@ -13,11 +13,15 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from torch import Tensor, nn
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, set_seed
 
-from .collators import AugmentationConfig, DistillationCollator
+from .augment import TL_PIXELS, maybe_augment, teacher_labelled_loss
+from .collators import AugmentationConfig, DistillationCollator, teacher_views
 from .config import DistillationConfig
 from .data import class_names
+from .deit import DEIT_HEADS, deit_loss, deit_student_outputs, prepare_deit_student
+from .distributed import autocast, autocast_dtype, integrity_module, place_teachers, to_channels_last
+from .features import build_feature_modules, build_feature_taps
 from .hub import (
     LoadedModel,
     Normalizer,
@@ -27,8 +31,20 @@ from .hub import (
     load_model,
     save_student,
 )
-from .losses import LOSSES, ModelOutputs, kd_loss
-from .teacher import Teacher, forward_kwargs, probe_num_outputs
+from .losses import LOSSES, ModelOutputs, kd_loss, kd_loss_standardized
+from .online import build_peers, save_peer
+from .reliability import (
+    AtomicCheckpointMixin,
+    SigtermCheckpointCallback,
+    TeacherIntegrityCallback,
+    check_finite_terms,
+    check_first_images,
+    check_labels,
+    defer_image_decoding,
+    load_model_or_explain,
+    teacher_modules,
+)
+from .teacher import Teacher, TeacherEnsemble, forward_kwargs, probe_num_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +73,21 @@ class DistillationModule(nn.Module):
     ``ModelOutputs.auxiliary[name]``. ``save_model`` still writes the student alone.
     """
 
-    def __init__(self, student: nn.Module, auxiliary: dict[str, nn.Module], library: str, student_kwargs: dict):
+    def __init__(
+        self,
+        student: nn.Module,
+        auxiliary: dict[str, nn.Module],
+        library: str,
+        student_kwargs: dict,
+        feature_tap: Any = None,
+    ):
         super().__init__()
         self.student = student
         self.auxiliary = nn.ModuleDict(auxiliary)
         self.library = library
         self.student_kwargs = dict(student_kwargs)
+        # hf_distill.features.FeatureTap: when set, the student's forward also returns tapped features.
+        self.feature_tap = feature_tap
 
     def forward(
         self,
@@ -70,7 +95,10 @@ class DistillationModule(nn.Module):
         teacher: ModelOutputs | None = None,
         batch: dict[str, Tensor] | None = None,
     ) -> ModelOutputs:
-        outputs = ModelOutputs(forward_logits(self.student, pixel_values, self.library, **self.student_kwargs))
+        if self.feature_tap is not None:
+            outputs = ModelOutputs(*self.feature_tap(self.student, pixel_values, **self.student_kwargs))
+        else:
+            outputs = ModelOutputs(forward_logits(self.student, pixel_values, self.library, **self.student_kwargs))
         for name, module in self.auxiliary.items():
             outputs.auxiliary[name] = module(outputs, teacher, batch if batch is not None else {})
         return outputs
@@ -87,6 +115,8 @@ def _check_dataset(dataset: Dataset | None, name: str, config: DistillationConfi
             f"{name} has no column '{config.image_column_name}' (columns: {columns}); set "
             "DistillationConfig.image_column_name to the column that holds the images"
         )
+    check_labels(dataset, config.label_column_name, name)  # -1 / out-of-range ids, before any step
+    check_first_images(dataset, config.image_column_name, name)
 
 
 def _with_sample_ids(dataset: Dataset) -> Dataset:
@@ -95,7 +125,7 @@ def _with_sample_ids(dataset: Dataset) -> Dataset:
     return dataset.add_column("sample_id", list(range(len(dataset))))
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(AtomicCheckpointMixin, Trainer):
     """Distil a frozen ``teacher_model`` into ``model`` (the student).
 
     ``model`` / ``teacher_model`` accept an ``nn.Module``, a Hub id, a local directory (transformers or timm
@@ -124,11 +154,16 @@ class DistillationTrainer(Trainer):
             args = DistillationConfig(output_dir="hf_distill_output")
         if not isinstance(args, DistillationConfig):
             raise TypeError(f"args must be a DistillationConfig, got {type(args).__name__}")
+        from .release import check_push_settings
+
+        check_push_settings(args)  # again here: set_push_to_hub() may have turned pushing on after validation
         model = model if model is not None else args.student_model_name_or_path
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         if model is None:
             raise ValueError("no student: pass `model=` or set DistillationConfig.student_model_name_or_path")
-        if teacher_model is None and (args.alpha > 0 or args.loss_types):
+        if teacher_model is None and (
+            args.alpha > 0 or any(getattr(LOSSES.get(t, t), "needs_teacher", True) for t in args.loss_types)
+        ):
             raise ValueError(
                 "no teacher: pass `teacher_model=` or set DistillationConfig.teacher_model_name_or_path "
                 "(training without a teacher needs alpha=0 and no loss_types: plain supervised training)"
@@ -140,8 +175,20 @@ class DistillationTrainer(Trainer):
             _check_dataset(dataset, name, args)
 
         self.label_names_ = self._resolve_label_names(train_dataset, eval_sets, args)
-        student = load_model(
-            model, label_names=self.label_names_, pretrained=args.student_pretrained, role="student"
+        # A student built from a name gets its initial weights from args.seed, as Trainer's model_init would:
+        # two trainers with one config start from the same student (and a resume can be checked against it).
+        set_seed(args.seed)
+        student = load_model_or_explain(
+            lambda: load_model(
+                model,
+                label_names=self.label_names_,
+                pretrained=args.student_pretrained,
+                role="student",
+                model_kwargs=args.student_model_kwargs,
+            ),
+            model,
+            "student_model_name_or_path",
+            "model",
         )
         self.student_library = student.library
         self.student_preprocess = self._preprocess(student, args.image_size, args.interpolation)
@@ -159,19 +206,38 @@ class DistillationTrainer(Trainer):
         if teacher_model is not None:
             self.teacher = self._build_teacher(teacher_model, args)
         self.student_source = student.source if isinstance(model, str) else None
+        prepare_deit_student(student.module, student.library, args.deit_distillation)  # DeiT heads (deit.py)
 
         if data_collator is None:
             data_collator = self.build_collator(args, train=True)
+            data_collator = maybe_augment(
+                data_collator, args, self.student_preprocess.mean, has_teacher=self.teacher is not None
+            )
         self.eval_collator = self.build_collator(args, train=False)
         self.extra_terms = self._resolve_terms(args)
         if train_dataset is not None and isinstance(train_dataset, Dataset):
-            train_dataset = _with_sample_ids(train_dataset)
+            # Decoding in the collator lets a corrupt image be reported with its sample id.
+            train_dataset = defer_image_decoding(_with_sample_ids(train_dataset), args.image_column_name)
 
         self._student_kwargs = forward_kwargs(student.module, student.library, self.student_preprocess.image_size)
+        self.num_train_samples = len(train_dataset) if train_dataset is not None else None
+        self.feature_taps = build_feature_taps(
+            args, student.module, student.library, self.student_preprocess.image_size, self._student_kwargs,
+            self.teacher, self.extra_terms,
+        )  # None unless a configured term compares features
         auxiliary = {**self.build_auxiliary_modules(args, student), **(auxiliary_modules or {})}
         trained: nn.Module = student.module
-        if auxiliary:
-            trained = DistillationModule(student.module, auxiliary, student.library, self._student_kwargs)
+        if args.deit_distillation != "none" and (auxiliary or self.feature_taps is not None):
+            raise ValueError(
+                f"DistillationConfig.deit_distillation={args.deit_distillation!r} does not combine with feature terms "
+                "or auxiliary modules (the DeiT heads bypass their wrapper); drop those loss_types or set "
+                "deit_distillation='none'"
+            )
+        if auxiliary or self.feature_taps is not None:
+            trained = DistillationModule(
+                student.module, auxiliary, student.library, self._student_kwargs,
+                feature_tap=self.feature_taps.student if self.feature_taps is not None else None,
+            )
 
         super().__init__(
             model=trained,
@@ -180,7 +246,12 @@ class DistillationTrainer(Trainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             compute_metrics=compute_metrics if compute_metrics is not None else self._default_metrics(),
-            callbacks=[_EpochCallback(data_collator), *(callbacks or [])],
+            # Auxiliary modules that are also TrainerCallbacks follow the loop (e.g. SLKD's sequential phases).
+            callbacks=[
+                _EpochCallback(data_collator),
+                *(m for m in auxiliary.values() if isinstance(m, TrainerCallback)),
+                *(callbacks or []),
+            ],
             optimizers=optimizers,
             **kwargs,
         )
@@ -188,25 +259,133 @@ class DistillationTrainer(Trainer):
         # equals GA=1 at B.
         self.model_accepts_loss_kwargs = False
         self.student_normalizer = Normalizer(self.student_preprocess.mean, self.student_preprocess.std)
+        self.teacher_placement = None
         if self.teacher is not None:
-            self.teacher.to(self.accelerator.device)
+            # Never through accelerator.prepare: each backend gets its own placement (see distributed.py).
+            self.teacher_placement = place_teachers(
+                self.teacher,
+                self.accelerator,
+                args.teacher_placement,
+                micro_batch_size=args.per_device_train_batch_size,
+                channels_last=args.channels_last,
+                compile_kwargs=(
+                    {"backend": args.torch_compile_backend, "mode": args.torch_compile_mode}
+                    if args.teacher_compile
+                    else None
+                ),
+            )
+        if args.channels_last:
+            to_channels_last(self.model)
         self.student_normalizer.to(self.accelerator.device)
+        self.teacher_cache = self._load_teacher_cache(args) if self.uses_teacher_cache(args) else None
         self._term_sums: dict[str, Tensor] = {}
         self._term_count = 0
+        if args.verify_teacher_integrity:
+            self.add_callback(TeacherIntegrityCallback(lambda: integrity_module(teacher_modules(self.teacher))))
+        if args.save_on_sigterm:
+            self.add_callback(SigtermCheckpointCallback())
 
     # ------------------------------------------------------------------------------------------- set-up
-    def _build_teacher(self, teacher_model: nn.Module | str, args: DistillationConfig) -> Teacher:
-        teacher = load_model(teacher_model, revision=args.teacher_revision, role="teacher")
-        preprocess = self._preprocess(teacher, args.teacher_image_size, None)
+    def _build_teacher(
+        self, teacher_model: nn.Module | str | list, args: DistillationConfig, image_size: int | None = None
+    ) -> Teacher | TeacherEnsemble:
+        if isinstance(teacher_model, (list, tuple)):
+            if len(teacher_model) > 1:
+                return self._build_ensemble(list(teacher_model), args)
+            teacher_model = teacher_model[0]
+            image_size = image_size or (args.teacher_image_sizes or [None])[0]
+        teacher = load_model_or_explain(
+            lambda: load_model(teacher_model, revision=args.teacher_revision, role="teacher"),
+            teacher_model,
+            "teacher_model_name_or_path",
+            "teacher_model",
+        )
+        preprocess = self._preprocess(teacher, image_size or args.teacher_image_size, None)
         num_outputs = probe_num_outputs(teacher.module, teacher.library, preprocess, "teacher_image_size")
-        label_index = align_labels(teacher.label_names, self.label_names_, num_outputs)
+        try:
+            label_index = align_labels(teacher.label_names, self.label_names_, num_outputs)
+        except ValueError as error:  # name the setting to change, not just the mismatch
+            raise ValueError(f"DistillationConfig.teacher_model_name_or_path / `teacher_model=`: {error}") from error
         dtype = _DTYPES[args.teacher_dtype] if args.teacher_dtype else None
         return Teacher(teacher, preprocess, label_index, dtype)
+
+    def _build_ensemble(self, teacher_models: list, args: DistillationConfig) -> TeacherEnsemble:
+        sizes = args.teacher_image_sizes or [args.teacher_image_size] * len(teacher_models)
+        if len(sizes) != len(teacher_models):
+            raise ValueError(
+                f"DistillationConfig.teacher_image_sizes has {len(sizes)} entries for {len(teacher_models)} "
+                "teachers; give one size per teacher"
+            )
+        members = [self._build_teacher(model, args, size) for model, size in zip(teacher_models, sizes)]
+        return TeacherEnsemble(members, temperature=args.temperature)
+
+    @staticmethod
+    def uses_teacher_cache_for(args: DistillationConfig, has_teacher: bool) -> bool:
+        return has_teacher and args.use_teacher_cache and args.teacher_input.startswith("fix/")
+
+    def uses_teacher_cache(self, args: DistillationConfig) -> bool:
+        """fix/* teacher inputs read precomputed teacher outputs (see hf_distill.teacher_cache)."""
+        return self.uses_teacher_cache_for(args, getattr(self, "teacher", None) is not None)
+
+    def _load_teacher_cache(self, args: DistillationConfig):
+        from .teacher_cache import load_or_build_cache
+
+        if not isinstance(self.train_dataset, Dataset):
+            return None
+        collator = self.build_collator(args, train=True)
+        # The main process computes and writes the cache; the others then read it.
+        with self.accelerator.main_process_first():
+            return load_or_build_cache(
+                self.teacher,
+                self.train_dataset,
+                args.teacher_input,
+                augmentation=collator.augmentation,
+                cache_dir=args.teacher_cache_dir,
+                topk=args.teacher_cache_topk,
+                interpolation=collator.teacher_interpolation,
+                image_column=args.image_column_name,
+                temperature=args.temperature,
+                ic_ens_crops=args.ic_ens_crops,
+                seed=args.seed,
+                batch_size=args.per_device_eval_batch_size,
+                device=self.accelerator.device,
+                label_names=self.label_names_,
+                write=self.accelerator.is_main_process,
+            )
+
+    def create_optimizer(self, model: nn.Module | None = None):
+        """AdamW and the other `optim` choices: the Trainer's own; Shampoo/ScalableShampoo/SOAP: from
+        pytorch-optimizer by ``optimizer_name`` (the scheduler still comes from TrainingArguments)."""
+        args: DistillationConfig = self.args
+        if args.optimizer_name == "adamw" or self.optimizer is not None:
+            return super().create_optimizer(model)
+        from .optim import build_optimizer
+
+        target = model if model is not None else self.model
+        self.optimizer = build_optimizer(
+            args.optimizer_name,
+            target,
+            lr=args.learning_rate,
+            weight_decay=args.weight_decay,
+            decay_parameter_names=self.get_decay_parameter_names(target),
+            **args.optimizer_kwargs,
+        )
+        return self.optimizer
 
     def build_auxiliary_modules(self, args: DistillationConfig, student: LoadedModel) -> dict[str, nn.Module]:
         """Trainable modules the configured methods need beside the student (none for plain KD). Methods that
         need some add them here; a user can also pass ``auxiliary_modules=`` to the trainer."""
-        return {}
+        modules: dict[str, nn.Module] = {}
+        if self.feature_taps is not None:  # fitnet projectors, vid regressors, crd memory bank
+            modules.update(build_feature_modules(self.feature_taps, self.extra_terms, self.num_train_samples, args.seed))
+        if args.peer_model_names_or_paths:  # DML peers
+            modules.update(build_peers(args, self.label_names_, self.student_preprocess.image_size))
+        if args.slkd_num_teachers:  # SLKD: self-learning teachers plus their two loss terms
+            from .slkd import SLKD_NAME, build_self_learning_teachers, slkd_terms
+
+            self.extra_terms.extend(slkd_terms(args))
+            return {**modules, SLKD_NAME: build_self_learning_teachers(args, self.teacher, len(self.label_names_))}
+        return modules
 
     @property
     def student(self) -> nn.Module:
@@ -257,7 +436,9 @@ class DistillationTrainer(Trainer):
             teacher_interpolation = "bilinear"
         return DistillationCollator(
             student_size=self.student_preprocess.image_size,
-            teacher_size=teacher.image_size if teacher is not None else None,
+            # With the fixed-teacher cache the training batches need no teacher view at all.
+            teacher_size=None if teacher is None or (train and self.uses_teacher_cache(args)) else teacher.image_size,
+            extra_teacher_sizes=tuple(getattr(self.teacher, "image_sizes", ())),
             teacher_input=args.teacher_input,
             augmentation=AugmentationConfig(
                 crop=args.crop,
@@ -304,11 +485,30 @@ class DistillationTrainer(Trainer):
         pixels = self.student_normalizer(inputs["pixel_values"])
         if isinstance(self.accelerator.unwrap_model(model, keep_torch_compile=False), DistillationModule):
             return model(pixel_values=pixels, teacher=teacher, batch=inputs)
+        if self.args.deit_distillation != "none":  # both heads; logits = their average, as at inference
+            return deit_student_outputs(model, pixels, self.student_library, **self._student_kwargs)
         return ModelOutputs(forward_logits(model, pixels, self.student_library, **self._student_kwargs))
+
+    def teacher_outputs(self, inputs: dict[str, Tensor]) -> ModelOutputs:
+        """The teacher's logits and, when a configured term compares features, its tapped features."""
+        if self.feature_taps is None or self.teacher is None:
+            return ModelOutputs(self.teacher_logits(inputs))
+        pixels = inputs.get("teacher_pixel_values")
+        pixels = pixels if pixels is not None else inputs["pixel_values"]
+        return ModelOutputs(*self.teacher.forward_with_features(pixels, self.feature_taps.teacher))
+
+    def save_peer(self, name: str, output_dir: str) -> list[str]:
+        """Write DML peer ``name`` (``peer1`` …) alone in Hub layout, like ``save_model`` writes the student."""
+        return save_peer(self, name, output_dir)
 
     def teacher_logits(self, inputs: dict[str, Tensor]) -> Tensor | None:
         if self.teacher is None:
             return None
+        cache = getattr(self, "teacher_cache", None)
+        if cache is not None and self.model.training and "sample_ids" in inputs:
+            return cache.lookup(inputs["sample_ids"])  # fix/* modes: the teacher never runs while training
+        if isinstance(self.teacher, TeacherEnsemble):
+            return self.teacher(teacher_views(inputs))
         pixels = inputs.get("teacher_pixel_values")
         return self.teacher(pixels if pixels is not None else inputs["pixel_values"])
 
@@ -321,11 +521,18 @@ class DistillationTrainer(Trainer):
         terms: dict[str, Tensor] = {}
         total = student.logits.new_zeros((), dtype=torch.float32)
         kd_weight = args.alpha if labels is not None else 1.0
-        if labels is not None and args.alpha < 1.0:
+        deit = args.deit_distillation != "none" and DEIT_HEADS in student.auxiliary
+        if deit:  # CE on the class head, the teacher on the distillation head (hf_distill.deit)
+            total, terms = deit_loss(
+                student, teacher, labels, mode=args.deit_distillation, alpha=args.alpha,
+                temperature=args.temperature, cross_entropy=lambda z, y: self.cross_entropy(z, y, inputs),
+            )
+        if not deit and labels is not None and args.alpha < 1.0:
             terms["ce"] = self.cross_entropy(student.logits, labels, inputs)
             total = total + (1.0 - args.alpha) * terms["ce"]
-        if kd_weight > 0.0 and teacher.logits is not None:
-            terms["kd"] = kd_loss(student.logits, teacher.logits, args.temperature)
+        if not deit and kd_weight > 0.0 and teacher.logits is not None:
+            kd = kd_loss_standardized if args.logit_standardization else kd_loss
+            terms["kd"] = kd(student.logits, teacher.logits, args.temperature)
             total = total + kd_weight * terms["kd"]
         for name, fn, weight, params in self.extra_terms:
             terms[name] = fn(student, teacher, inputs, **params).float()
@@ -350,19 +557,43 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Tensor | int | None = None,
     ):
-        teacher = ModelOutputs(self.teacher_logits(inputs))
+        teacher = self.teacher_outputs(inputs)
         student = self.student_outputs(model, inputs, teacher)
         loss, terms = self.distillation_loss(student, teacher, inputs)
+        if model.training and TL_PIXELS in inputs:  # TLmixup/TLCutMix images x': KD only, see augment.py
+            tl_loss, tl_terms = teacher_labelled_loss(self, model, inputs)
+            loss, terms = loss + tl_loss, {**terms, **tl_terms}
         if model.training:
+            if self.args.check_finite_loss:
+                check_finite_terms(
+                    terms,
+                    loss,
+                    step=self.state.global_step + 1,
+                    epoch=self.state.epoch,
+                    sample_ids=inputs.get("sample_ids"),
+                )
             self._record_terms(terms)
         return (
             (loss, {"logits": student.logits, "teacher_logits": teacher.logits}) if return_outputs else loss
         )
 
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+        """bf16/fp16 autocast around both forwards (Accelerate's covers only the wrapped student); loss terms
+        cast to fp32 themselves."""
+        return autocast(self.accelerator.device, autocast_dtype(self.args.bf16, self.args.fp16))
+
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        if self.args.channels_last:  # elementwise normalisation keeps the layout, so convert once here
+            for key, value in inputs.items():
+                if isinstance(value, Tensor) and value.ndim == 4 and key.endswith("pixel_values"):
+                    inputs[key] = value.contiguous(memory_format=torch.channels_last)
+        return inputs
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            teacher = ModelOutputs(self.teacher_logits(inputs))
+            teacher = self.teacher_outputs(inputs)
             student = self.student_outputs(model, inputs, teacher)
             loss, _ = self.distillation_loss(student, teacher, inputs)
         if prediction_loss_only:
@@ -410,9 +641,122 @@ class DistillationTrainer(Trainer):
         # Checkpoints (internal calls) also need the auxiliary modules to resume; a user's save does not.
         self._saving_checkpoint = _internal_call
         try:
-            super().save_model(output_dir, _internal_call)
+            # Always "internal" for the Trainer: it would push before the card exists; we push below instead.
+            super().save_model(output_dir, _internal_call=True)
         finally:
             self._saving_checkpoint = False
+        if _internal_call:
+            return
+        if self.args.write_model_card:
+            from .release import write_release_files
+
+            write_release_files(self, output_dir)
+        if self.args.push_to_hub:
+            self._upload_student(output_dir, "Model save", self.args.hub_revision)
+
+    # -------------------------------------------------------------------------------------- Hub release
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write the distilled student's card (``README.md``, see :mod:`hf_distill.model_card`) and its training
+        curve (``training_curve.png``) into ``output_dir``; ``license``, ``tags``, ``finetuned_from`` and
+        ``dataset`` override what the card would say."""
+        from .release import write_release_files
+
+        write_release_files(
+            self,
+            self.args.output_dir,
+            license=license,
+            tags=tags,
+            base_model=finetuned_from,
+            dataset=dataset if isinstance(dataset, str) else None,
+        )
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ):
+        """Upload the student alone to ``hub_model_id``: its weights (safetensors), config (with id2label),
+        image processor / timm pretrained_cfg, card and training curve — never the teacher, cached teacher
+        outputs, optimizer state, checkpoints or auxiliary modules. The student and card are written to
+        ``output_dir`` first; a failed upload leaves that directory complete and names the retry command.
+        ``kwargs`` go to :meth:`create_model_card`."""
+        from .release import check_push_settings
+
+        token = token if token is not None else self.args.hub_token
+        # Also when args.push_to_hub is off: say what is missing before saving anything.
+        check_push_settings(self.args, token=token, hub_model_id=self.hub_model_id, force=True)
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self._saving_checkpoint = False
+        super().save_model(self.args.output_dir, _internal_call=True)  # all processes: FSDP/DeepSpeed gather
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card(**kwargs)
+        return self._upload_student(
+            self.args.output_dir, commit_message or "End of training", revision, token=token, blocking=blocking
+        )
+
+    def _upload_student(self, output_dir, commit_message, revision, token=None, blocking=True):
+        if not self.is_world_process_zero():
+            return None
+        from .release import upload_student
+
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token)
+        self._finish_current_push()
+        return upload_student(
+            output_dir if output_dir is not None else self.args.output_dir,
+            self.hub_model_id,
+            token=token if token is not None else self.args.hub_token,
+            revision=revision if revision is not None else self.args.hub_revision,
+            commit_message=commit_message,
+            create_repo=False,  # init_hf_repo created it
+            blocking=blocking,
+        )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """hub_strategy='every_save': upload the student of each checkpoint in the background (its files only;
+        the checkpoint's optimizer state and auxiliary modules stay local)."""
+        from transformers.trainer_utils import HubStrategy
+        from transformers.utils.hub import PushInProgress
+
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        from .release import upload_student
+
+        job = upload_student(
+            checkpoint_folder,
+            self.hub_model_id,
+            token=self.args.hub_token,
+            revision=self.args.hub_revision,
+            commit_message=f"Training in progress, step {self.state.global_step}",
+            create_repo=False,
+            blocking=False,
+        )
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = PushInProgress([job])
+        else:
+            self.push_in_progress.jobs.append(job)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write the student alone, in a layout both transformers and timm load (never the teacher); into
@@ -448,9 +792,11 @@ class DistillationTrainer(Trainer):
 
         student_file = os.path.join(resume_from_checkpoint, "model.safetensors")
         auxiliary_file = os.path.join(resume_from_checkpoint, AUXILIARY_WEIGHTS_NAME)
-        for path in (student_file, auxiliary_file):
+        for path in (student_file, auxiliary_file) if len(wrapper.auxiliary) else (student_file,):
             if not os.path.isfile(path):
                 raise ValueError(f"checkpoint {resume_from_checkpoint} has no {os.path.basename(path)}; cannot resume")
         wrapper.student.load_state_dict(load_file(student_file, device="cpu"))
+        if not len(wrapper.auxiliary):  # a feature-tap wrapper with nothing trainable beside the student
+            return
         auxiliary = {k[len("auxiliary.") :]: v for k, v in load_file(auxiliary_file, device="cpu").items()}
         wrapper.auxiliary.load_state_dict(auxiliary)

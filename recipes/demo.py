@@ -24,7 +24,8 @@ def main():
         recipe = "distill"
     module = __import__(recipe)
     print(f"distilling with recipes/{recipe}.py")
-    module.main(["--disable_tqdm", "true"])
+    # The student's card (and training curve) also goes to the catalogue of released students.
+    module.main(["--disable_tqdm", "true", "--model_card_dir", f"model_cards/digits-{recipe}"])
 
 
 if __name__ == "__main__":

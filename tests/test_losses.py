@@ -607,7 +607,7 @@ def test_gradient_reaches_student_not_teacher(name):
 
 
 def test_losses_registry_adapters():
-    assert set(LOSSES) == {"kd", "reverse_kl", "jsd", "mse_logits", "kd_standardized", "dkd", "ce"}
+    assert {"kd", "reverse_kl", "jsd", "mse_logits", "kd_standardized", "dkd", "ce"} <= set(LOSSES)
     s, t = randn(4, 5, seed=72), randn(4, 5, seed=73)
     student, teacher = ModelOutputs(s), ModelOutputs(t)
     batch = {"labels": LABELS}

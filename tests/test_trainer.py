@@ -174,7 +174,12 @@ def test_saved_timm_student_loads_in_timm_and_pipeline(tmp_path, digits, timm_te
     # Only the student: no teacher weights, no optimizer state.
     import os
 
-    assert sorted(f for f in os.listdir(out) if not f.startswith(".")) == ["config.json", "model.safetensors"]
+    assert sorted(f for f in os.listdir(out) if not f.startswith(".")) == [
+        "README.md",  # the model card and its training curve (hf_distill.release)
+        "config.json",
+        "model.safetensors",
+        "training_curve.png",
+    ]
 
 
 def test_saved_transformers_student_loads_in_pipeline(tmp_path, digits, timm_teacher_dir):

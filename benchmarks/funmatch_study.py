@@ -5,7 +5,7 @@ For each setting, schedule (short, long) and seed a student is distilled from th
 held-out digits; the table reports mean ± std of student accuracy and teacher agreement over the seeds.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/funmatch_study.py
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/funmatch_study.py --seeds 0 1 2 --short 2 --long 6
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/funmatch_study.py --seeds 0 1 2 --short 2 --long 10
 """
 
 from __future__ import annotations
@@ -109,10 +109,10 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--short", type=int, default=2, help="epochs of the short schedule")
-    parser.add_argument("--long", type=int, default=6, help="epochs of the long schedule")
+    parser.add_argument("--long", type=int, default=10, help="epochs of the long schedule")
     parser.add_argument("--student", default="resnet10t")
     parser.add_argument(
-        "--train_samples", type=int, default=256, help="distil on this many training digits (None: all 1257)"
+        "--train_samples", type=int, default=None, help="distil on this many training digits (None: all 1257)"
     )
     parser.add_argument("--student_size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)

@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--student", default="resnet10t")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--teacher", default="outputs/teacher-digits")
+    parser.add_argument("--max-train-samples", type=int, default=None, help="distil on the first N training digits")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "kd_vs_ce.md"))
     options = parser.parse_args()
 
@@ -53,6 +54,9 @@ def main() -> None:
                     f"outputs/bench-kd-vs-ce/{name.split()[0]}-{seed}",
                     "--disable_tqdm",
                     "true",
+                    "--write_model_card",
+                    "false",
+                    *(["--max_train_samples", str(options.max_train_samples)] if options.max_train_samples else []),
                 ]
             )
             seconds[name].append(time.perf_counter() - start)
@@ -64,7 +68,7 @@ def main() -> None:
         "# Hinton KD vs cross-entropy on the embedded digits data",
         "",
         f"Command: `{command.strip()}` (2-core CPU). Student `{options.student}` from scratch at 32x32, "
-        f"{options.epochs} epochs, AdamW lr 2e-3 cosine, batch 64, seeds {options.seeds}; teacher "
+        f"{options.epochs} epochs, {options.max_train_samples or 'all 1257'} training digits, AdamW lr 2e-3 cosine, batch 64, seeds {options.seeds}; teacher "
         f"`{options.teacher}` (resnet18, test accuracy {teacher_accuracy:.4f}). Test split: 30% (540 images).",
         "",
         "| loss | top-1 accuracy (mean ± std) | per seed | seconds per run |",

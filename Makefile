@@ -7,7 +7,7 @@ TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test test-all lint format install install-dev clean
+.PHONY: demo test test-slow test-all lint format install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ demo: $(STAMP)
 
 test: $(DEV_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-slow: $(DEV_STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
 test-all: $(DEV_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "slow or not slow"

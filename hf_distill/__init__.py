@@ -2,6 +2,7 @@
 
 from .collators import DistillationCollator
 from .config import DistillationConfig
+from .label_bank import LabelBank, generate_label_bank, load_label_bank
 from .losses import LOSSES, ModelOutputs, kd_loss
 from .reliability import NonFiniteLossError, TeacherIntegrityError
 from .teacher import Teacher, TeacherEnsemble
@@ -21,5 +22,8 @@ __all__ = [
     "TeacherCache",
     "TeacherEnsemble",
     "TeacherIntegrityError",
+    "LabelBank",
+    "generate_label_bank",
     "kd_loss",
+    "load_label_bank",
 ]

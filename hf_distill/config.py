@@ -411,6 +411,32 @@ class DistillationConfig(TrainingArguments):
             "model_args. A dict, or a JSON string on the command line."
         ),
     )
+    # -- teacher label bank: recorded views + stored teacher outputs (see hf_distill.label_bank) ---------
+    teacher_label_bank: str | None = field(
+        default=None,
+        metadata=_help(
+            "Path (or Hub dataset id) of a label bank made by recipes/label_bank.py. Training then replays its "
+            "recorded views and stored teacher outputs: the teacher is never loaded or run."
+        ),
+    )
+    teacher_label_bank_ignore_fingerprint: bool = field(
+        default=False,
+        metadata=_help(
+            "Use a label bank even when its fingerprint (dataset, teacher, teacher_input, augmentation, "
+            "mixing, classes) differs from this run's."
+        ),
+    )
+    label_bank_records: int = field(
+        default=16,
+        metadata=_help("recipes/label_bank.py: recorded views R per training image (each run through the teacher)."),
+    )
+    label_bank_topk: int | None = field(
+        default=None,
+        metadata=_help(
+            "recipes/label_bank.py: store the k largest teacher logits per view plus a tail logit that spreads "
+            "the remaining probability mass at `temperature` evenly; None stores full fp16 logits."
+        ),
+    )
     # -- defaults that differ from TrainingArguments --------------------------------------------------
     remove_unused_columns: bool = field(
         default=False,
@@ -571,6 +597,14 @@ class DistillationConfig(TrainingArguments):
             not isinstance(self.teacher_cache_topk, int) or self.teacher_cache_topk < 1
         ):
             fail("teacher_cache_topk", f"must be a positive integer or None, got {self.teacher_cache_topk!r}")
+        if not isinstance(self.label_bank_records, int) or self.label_bank_records < 1:
+            fail("label_bank_records", f"must be a positive integer, got {self.label_bank_records!r}")
+        if self.label_bank_topk is not None and (not isinstance(self.label_bank_topk, int) or self.label_bank_topk < 1):
+            fail("label_bank_topk", f"must be a positive integer or None (full logits), got {self.label_bank_topk!r}")
+        if self.teacher_label_bank is not None:
+            from .label_bank import refuse_unrepresentable
+
+            refuse_unrepresentable(self)  # modes and terms that need the live teacher
         if not isinstance(self.ic_ens_crops, int) or self.ic_ens_crops < 1:
             fail("ic_ens_crops", f"must be a positive integer, got {self.ic_ens_crops!r}")
         if self.teacher_image_sizes is not None:

@@ -159,9 +159,15 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         check_push_settings(args)  # again here: set_push_to_hub() may have turned pushing on after validation
         model = model if model is not None else args.student_model_name_or_path
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        self.label_bank = None
+        bank_teacher_sources = None
+        if args.teacher_label_bank is not None:  # a label bank replaces the teacher: never loaded or run
+            from .label_bank import teacher_sources
+
+            bank_teacher_sources, teacher_model = teacher_sources(teacher_model), None
         if model is None:
             raise ValueError("no student: pass `model=` or set DistillationConfig.student_model_name_or_path")
-        if teacher_model is None and (
+        if teacher_model is None and args.teacher_label_bank is None and (
             args.alpha > 0 or any(getattr(LOSSES.get(t, t), "needs_teacher", True) for t in args.loss_types)
         ):
             raise ValueError(
@@ -217,7 +223,14 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         self.extra_terms = self._resolve_terms(args)
         if train_dataset is not None and isinstance(train_dataset, Dataset):
             # Decoding in the collator lets a corrupt image be reported with its sample id.
+            bank_source = train_dataset
             train_dataset = defer_image_decoding(_with_sample_ids(train_dataset), args.image_column_name)
+            if args.teacher_label_bank is not None:
+                from .label_bank import attach_label_bank
+
+                self.label_bank, data_collator = attach_label_bank(
+                    args, data_collator, bank_source, train_dataset, self.label_names_, bank_teacher_sources
+                )
 
         self._student_kwargs = forward_kwargs(student.module, student.library, self.student_preprocess.image_size)
         self.num_train_samples = len(train_dataset) if train_dataset is not None else None
@@ -502,6 +515,8 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         return save_peer(self, name, output_dir)
 
     def teacher_logits(self, inputs: dict[str, Tensor]) -> Tensor | None:
+        if getattr(self, "label_bank", None) is not None and "bank_rows" in inputs:
+            return self.label_bank.teacher_logits(inputs["bank_rows"])  # replay: the stored teacher output
         if self.teacher is None:
             return None
         cache = getattr(self, "teacher_cache", None)
@@ -544,10 +559,13 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         smoothing = self.args.label_smoothing_factor
         logits = logits.float()
         perm, lam = inputs.get("mix_perm"), inputs.get("mix_lam")
-        if perm is None:
+        # label-bank replay: each sample's recorded partner need not be in the batch, so its label comes along
+        partner_labels = inputs.get("mix_partner_labels")
+        if perm is None and partner_labels is None:
             return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        partner_labels = partner_labels if partner_labels is not None else labels[perm]
         own = F.cross_entropy(logits, labels, reduction="none", label_smoothing=smoothing)
-        partner = F.cross_entropy(logits, labels[perm], reduction="none", label_smoothing=smoothing)
+        partner = F.cross_entropy(logits, partner_labels, reduction="none", label_smoothing=smoothing)
         return (lam * own + (1.0 - lam) * partner).mean()
 
     def compute_loss(

@@ -1,0 +1,778 @@
+"""Teacher label bank: R recorded augmented views per training image and the teacher's output on each.
+
+A big teacher runs once, over ``num_records`` (R) views of every training image; training then replays
+those views and never loads the teacher (FKD, Shen & Xing, ECCV 2022; with FunMatch's consistent, varied
+views and mixup recorded as well).
+
+Record ``r`` of a sample is the view the live collator would draw at epoch ``r`` with the bank's seed
+(crop box in original pixels and flip, :meth:`DistillationCollator.view_params`). With FunMatch mixing a
+record also names a partner sample, chosen from ``(seed, r, sample id)``, the partner's own view in record
+``r``, and the mixing parameters (mixup weight ``lam``, or a CutMix box, from
+:func:`hf_distill.mixing.sample_mix_params`). A replayed batch can therefore rebuild every mixed view from
+its own row alone, whatever the batch it lands in.
+
+Which record a sample replays in an epoch is a function of ``(seed, epoch, sample id)``
+(:func:`replay_record`), so a resumed run replays the same records.
+
+Storage per record: the full logits in fp16 (``label_bank_topk=None``), or with ``k`` the k largest logits
+(fp16), their class ids and a *tail logit* (fp32). The tail logit is ``hf_distill.teacher_cache``'s: with
+top-k probabilities ``p_i = softmax(z / T)_i`` and tail mass ``m = 1 - sum_topk p_i``, every other class
+gets the logit ``T * log(m * S / ((1 - m) * (C - k)))`` where ``S = sum_topk exp(z_i / T)``; then
+``softmax(reconstructed / T)`` keeps the top-k probabilities exactly and gives each of the ``C - k`` other
+classes ``m / (C - k)``. For ``k = C`` it is the full logits.
+
+On disk the bank is a ``datasets.Dataset`` (``save_to_disk``, sharded Arrow) with one row per record and
+``label_bank.json`` beside it holding the fingerprint (also in the dataset's ``info.description`` so a
+copy pushed to the Hub carries it). Generation writes one finished shard at a time under ``shards/`` and
+skips finished shards when restarted, so a killed run continues with no duplicate or missing record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .collators import AugmentationConfig, DistillationCollator, ViewParams, render_view, sample_generator
+from .mixing import MixConfig, MixParams, apply_mix, sample_mix_params
+
+logger = logging.getLogger(__name__)
+
+BANK_FORMAT_VERSION = 1
+METADATA_NAME = "label_bank.json"
+_PARTNER_STREAM, _REPLAY_STREAM = 3, 4
+# Modes whose teacher view a record can hold; fix/ic_ens averages many crops: the teacher cache's job.
+BANK_TEACHER_INPUTS = (
+    "fix/rs",
+    "fix/cc",
+    "ind/rc",
+    "ind/ic",
+    "same/rc",
+    "same/ic",
+    "same",
+    "ind",
+    "funmatch",
+)
+# Fingerprint fields a training run must agree with (the others describe the bank only).
+CHECKED_FIELDS = (
+    "version",
+    "dataset",
+    "num_samples",
+    "teacher_input",
+    "augmentation",
+    "mixing",
+    "label_names",
+    "temperature",
+    "teacher_sources",
+)
+
+
+# ------------------------------------------------------------------------------------------------ records
+@dataclass(frozen=True)
+class ViewRecord:
+    """One recorded teacher view: its box/flip and, for FunMatch mixing, the partner and mix parameters.
+
+    ``cut_box`` is relative ``(y0, x0, y1, x1)`` as in :class:`hf_distill.mixing.MixParams`; ``lam`` is the
+    sample's own weight (1 when ``mixed`` is False).
+    """
+
+    box: tuple[float, float, float, float]
+    flip: bool = False
+    partner_id: int = -1
+    partner_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    partner_flip: bool = False
+    mixed: bool = False
+    cutmix: bool = False
+    lam: float = 1.0
+    cut_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+
+def replay_record(seed: int, epoch: int, sample_id: int, num_records: int) -> int:
+    """Which of the R records ``sample_id`` replays in ``epoch``: a function of (seed, epoch, sample id)."""
+    return int(sample_generator(seed, epoch, sample_id, _REPLAY_STREAM).integers(num_records))
+
+
+def _mix_generator(seed: int, record: int, sample_id: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, record, sample_id, _PARTNER_STREAM]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def make_record(
+    collator: DistillationCollator,
+    mix_config: MixConfig | None,
+    record: int,
+    sample_id: int,
+    size: tuple[int, int],
+    partner: tuple[int, tuple[int, int]] | None = None,
+) -> ViewRecord:
+    """Record ``record`` of ``sample_id`` (image ``size`` = (width, height)): the teacher's view at epoch
+    ``record`` of ``collator`` (whose seed is the bank's) and, with ``mix_config``, the mixing with
+    ``partner`` = (partner sample id, its size)."""
+    collator.set_epoch(record)
+    student, teacher = collator.view_params(sample_id, *size)
+    view = teacher if teacher is not None else student
+    if mix_config is None or partner is None:
+        return ViewRecord(tuple(view.box), view.flip)
+    partner_id, partner_size = partner
+    partner_student, partner_teacher = collator.view_params(partner_id, *partner_size)
+    partner_view = partner_teacher if partner_teacher is not None else partner_student
+    # A 2-sample 'pair' draw: the sample and its partner share one lam / box, exactly as apply_mix reads them.
+    params = sample_mix_params(
+        2, replace(mix_config, mode="pair"), _mix_generator(collator.seed, record, sample_id)
+    )
+    return ViewRecord(
+        tuple(view.box),
+        view.flip,
+        partner_id,
+        tuple(partner_view.box),
+        partner_view.flip,
+        bool(params.applied[0]),
+        bool(params.use_cutmix[0]),
+        float(params.lam[0]),
+        tuple(float(v) for v in params.boxes[0]),
+    )
+
+
+def choose_partner(seed: int, record: int, sample_id: int, position: int, num_samples: int) -> int:
+    """The dataset position of the mixing partner of ``sample_id`` (at ``position``) in ``record``: uniform
+    over the other samples, from (seed, record, sample id)."""
+    if num_samples < 2:
+        return position
+    other = int(sample_generator(seed, record, sample_id, _PARTNER_STREAM).integers(num_samples - 1))
+    return other + 1 if other >= position else other
+
+
+def render_records(
+    records: list[ViewRecord],
+    images: list[Any],
+    partner_images: list[Any | None],
+    size: int,
+    interpolation: str = "bilinear",
+) -> Tensor:
+    """The (mixed) uint8 views ``(B, 3, size, size)`` of ``records``: each own view, its partner's view,
+    then :func:`hf_distill.mixing.apply_mix` with the recorded parameters."""
+    own = torch.stack(
+        [render_view(img, ViewParams(r.box, r.flip), size, interpolation) for img, r in zip(images, records)]
+    )
+    if not any(r.mixed for r in records):
+        return own
+    partners = torch.stack(
+        [
+            render_view(p, ViewParams(r.partner_box, r.partner_flip), size, interpolation)
+            if r.mixed
+            else own[i]
+            for i, (p, r) in enumerate(zip(partner_images, records))
+        ]
+    )
+    batch = len(records)
+    params = MixParams(
+        perm=torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]),
+        lam=torch.tensor([r.lam for r in records] + [1.0] * batch, dtype=torch.float32),
+        use_cutmix=torch.tensor([r.cutmix for r in records] + [False] * batch),
+        boxes=torch.tensor([r.cut_box for r in records] + [(0.0,) * 4] * batch, dtype=torch.float32),
+        applied=torch.tensor([r.mixed for r in records] + [False] * batch),
+    )
+    return apply_mix(params, torch.cat([own, partners]))[0][:batch]
+
+
+# ------------------------------------------------------------------------------------------- fingerprint
+def bank_fingerprint(
+    *,
+    dataset: Any,
+    teacher_input: str,
+    augmentation: AugmentationConfig,
+    mix_config: MixConfig | None,
+    label_names: list[str] | None,
+    temperature: float | None,
+    teacher_sources: list[str] | None,
+) -> dict[str, Any]:
+    """The fields a training run compares against a bank (see :data:`CHECKED_FIELDS`)."""
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if fingerprint is None:
+        raise ValueError("a label bank needs a datasets.Dataset: its fingerprint identifies the images")
+    return {
+        "version": BANK_FORMAT_VERSION,
+        "dataset": fingerprint,
+        "num_samples": len(dataset),
+        "teacher_input": teacher_input,
+        "augmentation": {
+            "crop": augmentation.crop,
+            "crop_scale": [float(v) for v in augmentation.crop_scale],
+            "crop_ratio": [float(v) for v in augmentation.crop_ratio],
+            "crop_fraction": float(augmentation.crop_fraction),
+            "hflip": float(augmentation.hflip),
+        },
+        "mixing": None
+        if mix_config is None
+        else {
+            "mixup_alpha": float(mix_config.mixup_alpha),
+            "cutmix_alpha": float(mix_config.cutmix_alpha),
+            "cutmix_minmax": list(mix_config.cutmix_minmax) if mix_config.cutmix_minmax else None,
+            "prob": float(mix_config.prob),
+            "switch_prob": float(mix_config.switch_prob),
+        },
+        "label_names": list(label_names) if label_names is not None else None,
+        # Only top-k banks depend on the temperature (the tail logit); None: any temperature replays.
+        "temperature": temperature,
+        "teacher_sources": list(teacher_sources) if teacher_sources is not None else None,
+    }
+
+
+def check_fingerprint(bank_meta: dict[str, Any], run: dict[str, Any], path: str) -> None:
+    """Raise a ``ValueError`` naming the first field where the bank and the run differ."""
+    for name in CHECKED_FIELDS:
+        ours, theirs = run.get(name), bank_meta.get(name)
+        if name == "teacher_sources" and (ours is None or theirs is None):
+            continue  # a run that names no teacher cannot be compared on it
+        if name == "temperature" and theirs is None:
+            continue
+        if ours != theirs:
+            if isinstance(ours, dict) and isinstance(theirs, dict):  # name the sub-field that differs
+                key = next(k for k in sorted({*ours, *theirs}) if ours.get(k) != theirs.get(k))
+                name, ours, theirs = f"{name}.{key}", ours.get(key), theirs.get(key)
+            raise ValueError(
+                f"DistillationConfig.teacher_label_bank: the bank {path} was made with {name}={theirs!r} but this run "
+                f"has {name}={ours!r}; regenerate the bank (recipes/label_bank.py) with this run's settings, or set "
+                "teacher_label_bank_ignore_fingerprint=True to use it anyway"
+            )
+
+
+# ------------------------------------------------------------------------------------------------ storage
+class LabelBank:
+    """A loaded bank: per-record view parameters and teacher outputs, indexed by (sample id, record)."""
+
+    def __init__(self, dataset: Any, meta: dict[str, Any], path: str = ""):
+        self.meta = dict(meta)
+        self.path = path
+        self.num_records = int(meta["num_records"])
+        self.num_classes = int(meta["num_classes"])
+        data = dataset.with_format("numpy")
+        self.sample_ids = torch.as_tensor(np.asarray(data["sample_id"]), dtype=torch.long)
+        record = torch.as_tensor(np.asarray(data["record"]), dtype=torch.long)
+        self.index = torch.full((int(self.sample_ids.max()) + 1, self.num_records), -1, dtype=torch.long)
+        self.index[self.sample_ids, record] = torch.arange(len(self.sample_ids))
+        if bool((self.index[torch.unique(self.sample_ids)] < 0).any()):
+            raise ValueError(
+                f"label bank {path} is incomplete: some samples lack some of the {self.num_records} records"
+            )
+
+        def column(name: str, dtype: torch.dtype) -> Tensor:
+            return torch.as_tensor(np.asarray(data[name]), dtype=dtype)
+
+        self._index = self.index.numpy()
+        # Records are read row by row in the collator: plain numpy rows are much cheaper than tensors there.
+        self.box, self.flip = np.asarray(data["box"], np.float64), np.asarray(data["flip"], bool)
+        self.partner_id = np.asarray(data["partner_id"], np.int64)
+        self.partner_box = np.asarray(data["partner_box"], np.float64)
+        self.partner_flip = np.asarray(data["partner_flip"], bool)
+        self.mixed, self.cutmix = np.asarray(data["mixed"], bool), np.asarray(data["cutmix"], bool)
+        self.lam, self.cut_box = np.asarray(data["lam"], np.float32), np.asarray(data["cut_box"], np.float32)
+        self.logits = column("logits", torch.float16) if "logits" in data.column_names else None
+        if self.logits is None:
+            self.topk_values = column("topk_values", torch.float16)
+            self.topk_indices = column("topk_indices", torch.long)
+            self.tail = column("tail", torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def row(self, sample_id: int, record: int) -> int:
+        """The bank row of (sample id, record)."""
+        if not 0 <= sample_id < len(self._index) or self._index[sample_id, record] < 0:
+            raise KeyError(f"sample id {sample_id} is not in the label bank {self.path}")
+        return int(self._index[sample_id, record])
+
+    def record(self, row: int) -> ViewRecord:
+        return ViewRecord(
+            tuple(self.box[row].tolist()),
+            bool(self.flip[row]),
+            int(self.partner_id[row]),
+            tuple(self.partner_box[row].tolist()),
+            bool(self.partner_flip[row]),
+            bool(self.mixed[row]),
+            bool(self.cutmix[row]),
+            float(self.lam[row]),
+            tuple(self.cut_box[row].tolist()),
+        )
+
+    def teacher_logits(self, rows: Tensor) -> Tensor:
+        """The stored teacher logits ``(B, C)`` fp32 of bank ``rows``, on the rows' device."""
+        from .teacher_cache import topk_expand
+
+        index = rows.detach().long().cpu()
+        if self.logits is not None:
+            out = self.logits.index_select(0, index).float()
+        else:
+            out = topk_expand(
+                self.topk_values.index_select(0, index),
+                self.topk_indices.index_select(0, index),
+                self.tail.index_select(0, index),
+                self.num_classes,
+            )
+        return out.to(rows.device)
+
+
+def load_label_bank(path: str) -> LabelBank:
+    """A bank from a local directory (``save_to_disk`` layout) or a Hub dataset id."""
+    from datasets import load_dataset, load_from_disk
+
+    if os.path.isdir(path):
+        meta_file = Path(path, METADATA_NAME)
+        if not meta_file.is_file():
+            raise ValueError(
+                f"DistillationConfig.teacher_label_bank: {path} has no {METADATA_NAME}, so it is not a finished label "
+                "bank; run recipes/label_bank.py (it resumes an interrupted generation)"
+            )
+        return LabelBank(load_from_disk(path), json.loads(meta_file.read_text()), path)
+    dataset = load_dataset(path, split="train")
+    return LabelBank(dataset, json.loads(dataset.info.description), path)
+
+
+def _features(num_classes: int, topk: int | None):
+    from datasets import Features, Sequence, Value
+
+    box = Sequence(Value("float64"), length=4)
+    columns = {
+        "sample_id": Value("int64"),
+        "record": Value("int32"),
+        "box": box,
+        "flip": Value("bool"),
+        "partner_id": Value("int64"),
+        "partner_box": box,
+        "partner_flip": Value("bool"),
+        "mixed": Value("bool"),
+        "cutmix": Value("bool"),
+        "lam": Value("float32"),
+        "cut_box": Sequence(Value("float32"), length=4),
+    }
+    if topk is None:
+        columns["logits"] = Sequence(Value("float16"), length=num_classes)
+    else:
+        columns["topk_values"] = Sequence(Value("float16"), length=topk)
+        columns["topk_indices"] = Sequence(Value("int32"), length=topk)
+        columns["tail"] = Value("float32")
+    return Features(columns)
+
+
+@contextmanager
+def _quiet_datasets():
+    from datasets.utils import logging as datasets_logging
+
+    was_enabled = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets_logging.enable_progress_bar()
+
+
+def generate_label_bank(
+    teacher: Any,
+    dataset: Any,
+    output_dir: str | os.PathLike,
+    *,
+    num_records: int,
+    teacher_input: str = "funmatch",
+    augmentation: AugmentationConfig | None = None,
+    mix_config: MixConfig | None = None,
+    topk: int | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    interpolation: str = "bilinear",
+    image_column: str = "image",
+    label_names: list[str] | None = None,
+    teacher_sources: list[str] | None = None,
+    batch_size: int = 64,
+    shard_size: int = 256,
+    device: torch.device | str = "cpu",
+    max_shards: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """Run ``teacher`` (a :class:`Teacher` or :class:`TeacherEnsemble`, each member at its own resolution)
+    over ``num_records`` recorded views of every row of ``dataset`` and write the bank to ``output_dir``.
+
+    Resumable: finished shards of ``shard_size`` samples live under ``output_dir/shards`` and are skipped on a
+    restart. Under ``accelerate launch`` the processes take shards round-robin and the main process merges.
+    ``max_shards`` stops after that many new shards (returns None; used to test resumption). Returns the
+    bank's metadata (fingerprint, R, k, resolutions, bytes per image per record).
+    """
+    from accelerate import PartialState
+    from datasets import Dataset, concatenate_datasets, load_from_disk
+    from tqdm.auto import tqdm
+
+    from .teacher_cache import _teacher_forward, _teacher_identity, teacher_sizes, topk_compress
+
+    if teacher_input not in BANK_TEACHER_INPUTS:
+        raise ValueError(
+            f"teacher_input='{teacher_input}' cannot be held by a label bank (it holds one view per record: "
+            f"{list(BANK_TEACHER_INPUTS)}); fix/ic_ens uses the teacher cache (use_teacher_cache=True)"
+        )
+    if not isinstance(num_records, int) or num_records < 1:
+        raise ValueError(f"label_bank_records must be a positive integer, got {num_records!r}")
+    augmentation = augmentation or AugmentationConfig()
+    sizes = teacher_sizes(teacher)
+    collator = DistillationCollator(
+        student_size=sizes[0],
+        teacher_size=sizes[0],
+        teacher_input=teacher_input,
+        augmentation=augmentation,
+        seed=seed,
+    )
+    mixing = mix_config if collator.mode.mixing else None
+    if mixing is not None and not (mixing.mixup_active or mixing.cutmix_active):
+        mixing = None
+    meta = bank_fingerprint(
+        dataset=dataset,
+        teacher_input=teacher_input,
+        augmentation=augmentation,
+        mix_config=mixing,
+        label_names=label_names,
+        temperature=float(temperature) if topk is not None else None,
+        teacher_sources=teacher_sources,
+    )
+    meta.update(
+        teacher=_teacher_identity(teacher),
+        num_records=num_records,
+        topk=topk,
+        resolutions=list(sizes),
+        interpolation=interpolation,
+        seed=seed,
+    )
+    output = Path(output_dir)
+    shard_dir = output / "shards"
+    state = PartialState()
+    num_samples = len(dataset)
+    num_shards = max(1, -(-num_samples // shard_size))
+    if state.is_main_process:
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        plan_file = shard_dir / "plan.json"
+        plan = {"meta": meta, "shard_size": shard_size}
+        if plan_file.is_file() and json.loads(plan_file.read_text()) != json.loads(
+            json.dumps(plan, default=str)
+        ):
+            raise ValueError(
+                f"{shard_dir} holds shards of another generation (other teacher, data or settings); remove it or "
+                "choose another output_dir"
+            )
+        plan_file.write_text(json.dumps(plan, default=str, indent=1))
+    state.wait_for_everyone()
+    mine = [i for i in range(num_shards) if i % state.num_processes == state.process_index]
+    todo = [i for i in mine if not (shard_dir / f"shard-{i:05d}").is_dir()]
+    if max_shards is not None:
+        todo = todo[:max_shards]
+    sample_ids = (
+        [int(v) for v in dataset["sample_id"]]
+        if "sample_id" in dataset.column_names
+        else list(range(num_samples))
+    )
+    images_only = dataset.select_columns([image_column])
+    num_classes: int | None = None
+    total = sum(min(shard_size, num_samples - i * shard_size) for i in todo) * num_records
+    bar = tqdm(
+        total=total, desc="label bank", unit="view", disable=not progress or not state.is_local_main_process
+    )
+
+    def image_at(position: int) -> Any:
+        from .collators import to_rgb
+
+        return to_rgb(images_only[position][image_column])
+
+    for shard in todo:
+        positions = range(shard * shard_size, min(num_samples, (shard + 1) * shard_size))
+        jobs: list[tuple[int, int, ViewRecord, Any, Any]] = []
+        for position in positions:
+            image = image_at(position)
+            for record in range(num_records):
+                partner_position = (
+                    choose_partner(seed, record, sample_ids[position], position, num_samples)
+                    if mixing
+                    else None
+                )
+                partner_image = image_at(partner_position) if partner_position is not None else None
+                partner = (
+                    (sample_ids[partner_position], partner_image.size) if partner_image is not None else None
+                )
+                view = make_record(collator, mixing, record, sample_ids[position], image.size, partner)
+                jobs.append((sample_ids[position], record, view, image, partner_image))
+        outputs = []
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            views = {
+                size: render_records(
+                    [j[2] for j in chunk], [j[3] for j in chunk], [j[4] for j in chunk], size, interpolation
+                ).to(device)
+                for size in sizes
+            }
+            with torch.no_grad():
+                outputs.append(_teacher_forward(teacher, views).float().cpu())
+            bar.update(len(chunk))
+        logits = torch.cat(outputs)
+        num_classes = logits.shape[-1]
+        (shard_dir / "num_classes.txt").write_text(str(num_classes))
+        columns: dict[str, Any] = {
+            "sample_id": [j[0] for j in jobs],
+            "record": [j[1] for j in jobs],
+            **{f.name: [getattr(j[2], f.name) for j in jobs] for f in fields(ViewRecord)},
+        }
+        if topk is None:
+            columns["logits"] = logits.half().numpy()
+        else:
+            values, indices, tail = topk_compress(logits, topk, temperature)
+            columns.update(topk_values=values.half().numpy(), topk_indices=indices.numpy(), tail=tail.numpy())
+        part = Dataset.from_dict(
+            columns, features=_features(num_classes, None if topk is None else min(topk, num_classes))
+        )
+        tmp = shard_dir / f".shard-{shard:05d}.{os.getpid()}.tmp"
+        with _quiet_datasets():  # one bar for the whole generation, not one per shard
+            part.save_to_disk(str(tmp))
+        os.replace(tmp, shard_dir / f"shard-{shard:05d}")  # a shard exists only when complete
+    bar.close()
+    state.wait_for_everyone()
+    if max_shards is not None and any(not (shard_dir / f"shard-{i:05d}").is_dir() for i in range(num_shards)):
+        return None
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return json.loads((output / METADATA_NAME).read_text())
+    bank = concatenate_datasets(
+        [load_from_disk(str(shard_dir / f"shard-{i:05d}")) for i in range(num_shards)]
+    )
+    meta["num_classes"] = int((shard_dir / "num_classes.txt").read_text())
+    bank.info.description = json.dumps(meta, default=str)
+    for stale in output.glob("data-*.arrow"):
+        stale.unlink()
+    bank.save_to_disk(str(output), num_shards=max(1, min(num_shards, 64)))
+    payload = sum(f.stat().st_size for f in output.glob("data-*.arrow"))
+    meta["bytes_per_image_per_record"] = payload / (num_samples * num_records)
+    meta["bytes_per_image"] = payload / num_samples
+    (output / METADATA_NAME).write_text(json.dumps(meta, default=str, indent=1))
+    shutil.rmtree(shard_dir)
+    logger.info(
+        "label bank: %d images x %d records -> %s (%.1f bytes per image per record)",
+        num_samples,
+        num_records,
+        output,
+        meta["bytes_per_image_per_record"],
+    )
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------- replay
+@dataclass
+class LabelBankCollator(DistillationCollator):
+    """The training collator of a bank replay: each sample's record is chosen by (seed, epoch, sample id);
+    in same/funmatch modes the student's view is rebuilt from it (with the recorded partner and mix), in
+    ind/fix modes the student draws its own view as live. Emits ``bank_rows`` (the teacher output to read),
+    and with mixing ``mix_lam`` plus ``mix_partner_labels`` for the mixed-label CE."""
+
+    bank: LabelBank | None = None
+    dataset: Any = None  # the training rows, to fetch mixing partners by sample id
+    partner_cache_bytes: int = 256 * 2**20  # decoded mixing partners kept between batches (LRU)
+    _positions: dict[int, int] = field(default_factory=dict, repr=False)
+    _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _cache_bytes: int = 0
+    _partner_data: Any = None
+
+    @classmethod
+    def from_collator(cls, base: DistillationCollator, bank: LabelBank, dataset: Any) -> LabelBankCollator:
+        collator = cls(
+            **{f.name: getattr(base, f.name) for f in fields(DistillationCollator)},
+            bank=bank,
+            dataset=dataset,
+        )
+        if dataset is not None and "sample_id" in dataset.column_names:
+            collator._positions = {int(s): i for i, s in enumerate(dataset["sample_id"])}
+        return collator
+
+    def _partners(self, records: list[ViewRecord]) -> tuple[list[Any], list[int | None]]:
+        """The partner images (None where a record is not mixed) and labels. Decoded partners are kept in a
+        small LRU cache (``partner_cache_bytes``): a partner is an extra image per sample that the live
+        collator never decodes, and decoding dominates the collator's cost on small images."""
+        from .reliability import load_image
+
+        wanted = [r.partner_id for r in records if r.mixed]
+        found = {s: self._cache[s] for s in wanted if s in self._cache}
+        missing = [s for s in dict.fromkeys(wanted) if s not in found]
+        if missing:
+            if self._partner_data is None:
+                columns = [self.image_column] + ([self.label_column] if self.label_column else [])
+                self._partner_data = self.dataset.select_columns(columns)
+            rows = self._partner_data[[self._positions.get(s, s) for s in missing]]
+            labels = rows[self.label_column] if self.label_column else [None] * len(missing)
+            for sample_id, value, label in zip(missing, rows[self.image_column], labels):
+                found[sample_id] = (load_image(value, sample_id, self.image_column), label)
+        for sample_id, entry in found.items():  # most recently used last; evict from the front
+            if sample_id in self._cache:
+                self._cache.move_to_end(sample_id)
+                continue
+            self._cache[sample_id] = entry
+            self._cache_bytes += entry[0].width * entry[0].height * 3
+        while self._cache_bytes > self.partner_cache_bytes and self._cache:
+            image, _ = self._cache.popitem(last=False)[1]
+            self._cache_bytes -= image.width * image.height * 3
+        out_images = [found[r.partner_id][0] if r.mixed else None for r in records]
+        out_labels = [found[r.partner_id][1] if r.mixed else None for r in records]
+        return out_images, out_labels
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Tensor]:
+        from .reliability import load_image
+
+        bank = self.bank
+        images, records, bank_rows, sample_ids, labels = [], [], [], [], []
+        for position, row in enumerate(rows):
+            sample_id = int(row.get("sample_id", position))
+            images.append(load_image(row[self.image_column], sample_id, self.image_column))
+            bank_row = bank.row(sample_id, replay_record(self.seed, self.epoch, sample_id, bank.num_records))
+            bank_rows.append(bank_row)
+            records.append(bank.record(bank_row))
+            sample_ids.append(sample_id)
+            label = row.get(self.label_column) if self.label_column is not None else None
+            if label is not None:
+                labels.append(int(label))
+        partners, partner_labels = self._partners(records) if self.mode.relation == "same" else ([], [])
+        if self.mode.relation == "same":
+            pixels = render_records(records, images, partners, self.student_size, self.student_interpolation)
+        else:  # the teacher's view was independent / fixed: the student's is drawn live
+            pixels = torch.stack(
+                [
+                    render_view(
+                        img, self.view_params(s, *img.size)[0], self.student_size, self.student_interpolation
+                    )
+                    for img, s in zip(images, sample_ids)
+                ]
+            )
+        batch = {
+            "pixel_values": pixels,
+            "sample_ids": torch.tensor(sample_ids, dtype=torch.long),
+            "bank_rows": torch.tensor(bank_rows, dtype=torch.long),
+        }
+        if labels and len(labels) == len(rows):
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        if any(r.mixed for r in records):
+            batch["mix_lam"] = torch.tensor([r.lam for r in records], dtype=torch.float32)
+            if "labels" in batch:
+                batch["mix_partner_labels"] = torch.tensor(
+                    [int(p) if r.mixed else lab for r, p, lab in zip(records, partner_labels, labels)],
+                    dtype=torch.long,
+                )
+        return batch
+
+
+def refuse_unrepresentable(args: Any) -> None:
+    """Raise for a config whose teacher use a bank cannot replay (``fail(field, message)`` wording)."""
+
+    def fail(name: str, message: str) -> None:
+        raise ValueError(f"DistillationConfig.{name}: {message}")
+
+    if args.teacher_input not in BANK_TEACHER_INPUTS:
+        fail(
+            "teacher_input",
+            f"={args.teacher_input!r} cannot be replayed from a label bank (teacher_label_bank); "
+            f"use one of {list(BANK_TEACHER_INPUTS)} or drop teacher_label_bank (fix/ic_ens uses the teacher cache)",
+        )
+    if args.teacher_feature_layers:
+        fail(
+            "teacher_feature_layers",
+            "needs the teacher's features, which a label bank does not store; drop "
+            "teacher_label_bank or the feature terms",
+        )
+    if args.augmentation_mode != "none":
+        fail(
+            "augmentation_mode",
+            f"={args.augmentation_mode!r} labels new images with the live teacher, which a "
+            "label bank cannot do; set augmentation_mode='none' or drop teacher_label_bank",
+        )
+    if args.slkd_num_teachers:
+        fail(
+            "slkd_num_teachers",
+            "self-learning teachers train beside the student; they cannot come from a label "
+            "bank; drop teacher_label_bank",
+        )
+
+
+def teacher_sources(teacher_model: Any) -> list[str] | None:
+    """The teacher id(s) a run names, for the bank fingerprint; None for in-memory modules (not comparable)."""
+    if teacher_model is None:
+        return None
+    models = list(teacher_model) if isinstance(teacher_model, (list, tuple)) else [teacher_model]
+    return [str(m) for m in models] if all(isinstance(m, (str, os.PathLike)) for m in models) else None
+
+
+def attach_label_bank(
+    args: Any,
+    collator: Any,
+    source_dataset: Any,
+    train_dataset: Any,
+    label_names: list[str],
+    sources: list[str] | None,
+) -> tuple[LabelBank, LabelBankCollator]:
+    """Load ``args.teacher_label_bank``, check its fingerprint against this run (``source_dataset`` is the
+    training data as given, before sample ids were added), and wrap the training collator for replay."""
+    if not isinstance(collator, DistillationCollator):
+        raise ValueError(
+            "DistillationConfig.teacher_label_bank: the replay rebuilds views in hf_distill's collator, but a custom "
+            f"data_collator ({type(collator).__name__}) was given; drop data_collator= or teacher_label_bank"
+        )
+    bank = load_label_bank(args.teacher_label_bank)
+    mixing = args.mix_config() if collator.mode.mixing else None
+    if mixing is not None and not (mixing.mixup_active or mixing.cutmix_active):
+        mixing = None
+    run = bank_fingerprint(
+        dataset=source_dataset,
+        teacher_input=args.teacher_input,
+        augmentation=collator.augmentation,
+        mix_config=mixing,
+        label_names=label_names,
+        temperature=float(args.temperature),
+        teacher_sources=sources,
+    )
+    if not args.teacher_label_bank_ignore_fingerprint:
+        check_fingerprint(bank.meta, run, args.teacher_label_bank)
+    if bank.num_classes != len(label_names):  # never overridable: the loss could not even be computed
+        raise ValueError(
+            f"DistillationConfig.teacher_label_bank: the bank stores {bank.num_classes} classes but the data has "
+            f"{len(label_names)}"
+        )
+    return bank, LabelBankCollator.from_collator(collator, bank, train_dataset)
+
+
+def generate_for_trainer(
+    trainer: Any, dataset: Any, output_dir: str | os.PathLike, args: Any | None = None, **kwargs: Any
+) -> dict[str, Any] | None:
+    """:func:`generate_label_bank` with everything taken from a :class:`DistillationTrainer` built with the
+    teacher (its label-aligned teacher, augmentation, mixing, R = ``label_bank_records``, k =
+    ``label_bank_topk``, seed); ``dataset`` is the training data as given to the trainer."""
+    args = args if args is not None else trainer.args
+    if trainer.teacher is None:
+        raise ValueError("generating a label bank needs a teacher: set teacher_model_name_or_path")
+    collator = trainer.build_collator(args, train=True)
+    options: dict[str, Any] = dict(
+        num_records=args.label_bank_records,
+        teacher_input=args.teacher_input,
+        augmentation=collator.augmentation,
+        mix_config=args.mix_config(),
+        topk=args.label_bank_topk,
+        temperature=args.temperature,
+        seed=args.seed,
+        interpolation=collator.teacher_interpolation,
+        image_column=args.image_column_name,
+        label_names=trainer.label_names_,
+        teacher_sources=teacher_sources(args.teacher_model_name_or_path),
+        batch_size=args.per_device_eval_batch_size,
+        device=trainer.accelerator.device,
+        progress=not args.disable_tqdm,
+    )
+    options.update(kwargs)
+    return generate_label_bank(trainer.teacher, dataset, output_dir, **options)

@@ -1,0 +1,250 @@
+"""Label bank: recorded views rebuild the generated pixels, stored outputs match the live teacher, replay never
+runs the teacher, top-k with k = C is exact, fingerprints are checked, generation resumes exactly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from datasets import load_from_disk
+
+import hf_distill.teacher_cache as teacher_cache
+from hf_distill import DistillationTrainer
+from hf_distill.label_bank import (
+    LabelBankCollator,
+    generate_for_trainer,
+    load_label_bank,
+    render_records,
+    replay_record,
+)
+from hf_distill.losses import kd_loss
+from hf_distill.teacher_cache import topk_compress, topk_expand
+
+from .conftest import make_args, save_in_hub_layout, tiny_timm
+
+N = 24  # training images in the bank
+R = 4
+BANK_ARGS = dict(
+    teacher_input="funmatch",
+    crop="ic",
+    crop_scale=[0.35, 1.0],
+    hflip=0.5,
+    mixup_alpha=1.0,
+    cutmix_alpha=1.0,  # both mixup and cutmix records
+    alpha=1.0,
+    temperature=2.0,
+    interpolation="bilinear",
+    label_bank_records=R,
+    disable_tqdm=True,
+)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, digits):
+    root = tmp_path_factory.mktemp("bank")
+    teacher_dir = save_in_hub_layout(tiny_timm(seed=1), root / "teacher")
+    data = digits["train"].select(range(N))
+    return root, teacher_dir, data
+
+
+def _teacher_trainer(root, teacher_dir, data, **overrides):
+    args = make_args(root, teacher_model_name_or_path=teacher_dir, **{**BANK_ARGS, **overrides})
+    return DistillationTrainer(model=tiny_timm(seed=0), args=args, train_dataset=data), args
+
+
+@pytest.fixture(scope="module")
+def bank(setup):
+    """A full-logit bank, and every teacher input the generation rendered, keyed by (sample id, record)."""
+    root, teacher_dir, data = setup
+    trainer, args = _teacher_trainer(root, teacher_dir, data)
+    seen = []
+    original = teacher_cache._teacher_forward
+
+    def recording(teacher, views):
+        seen.append(views[32].clone())
+        return original(teacher, views)
+
+    teacher_cache._teacher_forward = recording
+    try:
+        meta = generate_for_trainer(trainer, data, root / "bank-full", shard_size=10, batch_size=7)
+    finally:
+        teacher_cache._teacher_forward = original
+    # generation order: shard by shard, sample by sample, record by record
+    pixels = torch.cat(seen)
+    order = [(s, r) for s in range(N) for r in range(R)]
+    return trainer, str(root / "bank-full"), meta, dict(zip(order, pixels))
+
+
+def test_bank_layout_and_metadata(bank):
+    _, path, meta, _ = bank
+    data = load_from_disk(path)
+    assert len(data) == N * R
+    pairs = set(zip(data["sample_id"], data["record"]))
+    assert pairs == {(s, r) for s in range(N) for r in range(R)}  # no duplicate, none missing
+    assert meta["num_records"] == R and meta["topk"] is None and meta["resolutions"] == [32]
+    assert meta["mixing"]["mixup_alpha"] == 1.0 and meta["teacher"][0]["weights"]
+    assert meta["bytes_per_image_per_record"] > 2 * 10  # at least the fp16 logits
+    assert any(data["cutmix"]) and any(m and not c for m, c in zip(data["mixed"], data["cutmix"]))
+    partner_ids = np.asarray(data["partner_id"])
+    assert (partner_ids != np.asarray(data["sample_id"])).all()
+
+
+def test_rebuilt_view_equals_generated_pixels(bank):
+    trainer, path, _, generated = bank
+    loaded = load_label_bank(path)
+    rows = [loaded.row(s, r) for s in range(N) for r in range(R)]
+    records = [loaded.record(i) for i in rows]
+    images = [trainer.train_dataset[s]["image"] for s in range(N) for _ in range(R)]
+    from hf_distill.reliability import load_image
+
+    images = [load_image(img, 0, "image") for img in images]
+    partners = [
+        load_image(trainer.train_dataset[rec.partner_id]["image"], 0, "image") if rec.mixed else None
+        for rec in records
+    ]
+    rebuilt = render_records(records, images, partners, 32, "bilinear")
+    expected = torch.stack([generated[(s, r)] for s in range(N) for r in range(R)])
+    assert torch.equal(rebuilt, expected)
+
+
+def test_live_teacher_reproduces_stored_outputs(bank):
+    trainer, path, _, generated = bank
+    loaded = load_label_bank(path)
+    rows = torch.tensor([loaded.row(s, r) for s in range(N) for r in range(R)])
+    pixels = torch.stack([generated[(s, r)] for s in range(N) for r in range(R)])
+    live = trainer.teacher(pixels).float()
+    stored = loaded.teacher_logits(rows)
+    assert torch.allclose(stored, live, rtol=1e-3, atol=2e-3)  # fp16 storage
+
+
+def test_replay_collator_rebuilds_the_chosen_record(bank, setup):
+    root, teacher_dir, data = setup
+    _, path, _, generated = bank
+    args = make_args(root, teacher_label_bank=path, **BANK_ARGS)
+    trainer = DistillationTrainer(model=tiny_timm(seed=0), args=args, train_dataset=data)
+    collator = trainer.data_collator
+    assert isinstance(collator, LabelBankCollator) and trainer.teacher is None
+    collator.set_epoch(3)
+    batch = collator([trainer.train_dataset[i] for i in range(8)])
+    for i in range(8):
+        record = replay_record(args.seed, 3, i, R)
+        assert int(batch["bank_rows"][i]) == trainer.label_bank.row(i, record)
+        assert torch.equal(batch["pixel_values"][i], generated[(i, record)])
+        bank_record = trainer.label_bank.record(int(batch["bank_rows"][i]))
+        assert float(batch["mix_lam"][i]) == pytest.approx(bank_record.lam)
+        # the mixed-label CE needs the partner's label even when the partner is not in the batch
+        partner_label = data[bank_record.partner_id]["label"] if bank_record.mixed else data[i]["label"]
+        assert int(batch["mix_partner_labels"][i]) == partner_label
+    collator.partner_cache_bytes = 0  # no decoded partner kept: the same batch again, the same pixels
+    again = collator([trainer.train_dataset[i] for i in range(8)])
+    assert torch.equal(again["pixel_values"], batch["pixel_values"]) and not collator._cache
+
+
+def test_training_with_bank_never_runs_the_teacher(bank, setup, monkeypatch):
+    root, teacher_dir, data = setup
+    _, path, _, _ = bank
+    from hf_distill import hub, teacher
+    from hf_distill import trainer as trainer_module
+
+    calls = {"forward": 0, "load_teacher": 0}
+    original_call, original_load = teacher.Teacher.__call__, trainer_module.load_model
+
+    def counting_call(self, pixels):
+        calls["forward"] += 1
+        return original_call(self, pixels)
+
+    def counting_load(model, *a, role=None, **k):
+        calls["load_teacher"] += role == "teacher"
+        return original_load(model, *a, role=role, **k)
+
+    monkeypatch.setattr(teacher.Teacher, "__call__", counting_call)
+    monkeypatch.setattr(trainer_module, "load_model", counting_load)
+    assert hub.load_model is original_load
+    args = make_args(root, teacher_model_name_or_path=teacher_dir, teacher_label_bank=path, **BANK_ARGS)
+    student = tiny_timm(seed=0)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    trainer = DistillationTrainer(model=student, args=args, train_dataset=data)
+    trainer.train()
+    assert calls == {"forward": 0, "load_teacher": 0}
+    kd_logs = [log["loss_kd"] for log in trainer.state.log_history if "loss_kd" in log]
+    assert kd_logs and all(v > 0 for v in kd_logs)
+    after = trainer.student.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+
+
+def test_kd_from_full_topk_bank_equals_live_kd(setup):
+    root, teacher_dir, data = setup
+    trainer, args = _teacher_trainer(root, teacher_dir, data, label_bank_topk=10)  # k = C
+    generate_for_trainer(trainer, data, root / "bank-k10")
+    loaded = load_label_bank(str(root / "bank-k10"))
+    assert loaded.logits is None and loaded.topk_values.shape[-1] == 10
+    replay_args = make_args(root, teacher_label_bank=str(root / "bank-k10"), label_bank_topk=10, **BANK_ARGS)
+    replay = DistillationTrainer(model=tiny_timm(seed=0), args=replay_args, train_dataset=data)
+    batch = replay.data_collator([replay.train_dataset[i] for i in range(N)])
+    student_logits = replay.student_logits(replay.model, batch["pixel_values"]).detach()
+    from_bank = kd_loss(student_logits, replay.teacher_logits(batch), args.temperature)
+    live = kd_loss(student_logits, trainer.teacher(batch["pixel_values"]).float(), args.temperature)
+    assert math.isclose(float(from_bank), float(live), rel_tol=2e-3, abs_tol=1e-5)
+
+
+def test_topk_tail_spreads_remaining_mass_evenly():
+    torch.manual_seed(0)
+    logits, k, temperature = torch.randn(5, 12) * 3, 4, 2.0
+    values, indices, tail = topk_compress(logits, k, temperature)
+    probs = torch.softmax(topk_expand(values, indices, tail, 12).double() / temperature, -1)
+    true = torch.softmax(logits.double() / temperature, -1)
+    top = true.gather(-1, indices.long())
+    assert torch.allclose(probs.gather(-1, indices.long()), top, atol=1e-6)
+    others = torch.ones_like(true, dtype=torch.bool).scatter_(-1, indices.long(), False)
+    expected_each = (1 - top.sum(-1, keepdim=True)) / (12 - k)
+    assert torch.allclose(probs[others].view(5, -1), expected_each.expand(5, 12 - k), atol=1e-6)
+
+
+def test_fingerprint_mismatch_names_the_field(bank, setup):
+    root, _, data = setup
+    _, path, _, _ = bank
+    args = make_args(root, teacher_label_bank=path, **{**BANK_ARGS, "hflip": 0.0})
+    with pytest.raises(
+        ValueError, match=r"augmentation\.hflip=0\.5 but this run has augmentation\.hflip=0\.0"
+    ):
+        DistillationTrainer(model=tiny_timm(seed=0), args=args, train_dataset=data)
+    args = make_args(root, teacher_label_bank=path, **BANK_ARGS)
+    with pytest.raises(ValueError, match="teacher_label_bank.*dataset="):
+        DistillationTrainer(model=tiny_timm(seed=0), args=args, train_dataset=data.select(range(N - 1)))
+    # an explicit override replays anyway
+    args = make_args(
+        root,
+        teacher_label_bank=path,
+        teacher_label_bank_ignore_fingerprint=True,
+        **{**BANK_ARGS, "hflip": 0.0},
+    )
+    assert DistillationTrainer(model=tiny_timm(seed=0), args=args, train_dataset=data).label_bank is not None
+
+
+def test_unrepresentable_modes_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="teacher_input.*cannot be replayed from a label bank"):
+        make_args(tmp_path, teacher_label_bank="x", teacher_input="fix/ic_ens")
+    with pytest.raises(ValueError, match="augmentation_mode.*label bank"):
+        make_args(tmp_path, teacher_label_bank="x", augmentation_mode="tlmixup")
+
+
+def test_generation_resumes_to_the_same_bank(setup):
+    root, teacher_dir, data = setup
+    trainer, _ = _teacher_trainer(root, teacher_dir, data, label_bank_topk=3)
+    generate_for_trainer(trainer, data, root / "whole", shard_size=10)
+    assert (
+        generate_for_trainer(trainer, data, root / "resumed", shard_size=10, max_shards=1) is None
+    )  # "killed"
+    assert not (root / "resumed" / "label_bank.json").exists()
+    (root / "resumed" / "shards" / ".shard-00001.999.tmp").mkdir()  # a shard whose writer died half way
+    forward = trainer.teacher.calls
+    generate_for_trainer(trainer, data, root / "resumed", shard_size=10)
+    batch = trainer.args.per_device_eval_batch_size
+    unfinished = [min(10, N - start) for start in range(10, N, 10)]  # shards 1 and 2 only
+    assert trainer.teacher.calls - forward == sum(math.ceil(n * R / batch) for n in unfinished)
+    whole, resumed = load_from_disk(str(root / "whole")), load_from_disk(str(root / "resumed"))
+    assert whole.column_names == resumed.column_names
+    for column in whole.column_names:
+        assert whole[column] == resumed[column], column

@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("--student", default="resnet10t")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--teacher", default="outputs/teacher-digits")
-    parser.add_argument("--max-train-samples", type=int, default=None, help="distil on the first N training digits")
+    parser.add_argument(
+        "--max-train-samples", type=int, default=None, help="distil on the first N training digits"
+    )
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "kd_vs_ce.md"))
     options = parser.parse_args()
 
@@ -56,7 +58,11 @@ def main() -> None:
                     "true",
                     "--write_model_card",
                     "false",
-                    *(["--max_train_samples", str(options.max_train_samples)] if options.max_train_samples else []),
+                    *(
+                        ["--max_train_samples", str(options.max_train_samples)]
+                        if options.max_train_samples
+                        else []
+                    ),
                 ]
             )
             seconds[name].append(time.perf_counter() - start)

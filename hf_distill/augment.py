@@ -255,7 +255,7 @@ def _student_network(trainer: Any, model: nn.Module) -> nn.Module:
     projectors or CRD memories belong to the original images' loss and never see ``x'``)."""
     from .trainer import DistillationModule
 
-    unwrapped = trainer.accelerator.unwrap_model(model, keep_torch_compile=False)
+    unwrapped = trainer.unwrap(model)
     return unwrapped.student if isinstance(unwrapped, DistillationModule) else model
 
 

@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 
 
 def parse_config(
-    config_class: type = DistillationConfig, default_config: str | os.PathLike | None = None, argv: list[str] | None = None
+    config_class: type = DistillationConfig,
+    default_config: str | os.PathLike | None = None,
+    argv: list[str] | None = None,
 ):
     """Parse ``--config file.yaml`` (or ``default_config`` when none is given) into ``config_class``; any other
     flag on the command line overrides the file (``--num_train_epochs 3``)."""
@@ -37,12 +39,16 @@ def parse_config(
             raise FileNotFoundError(f"--config {config_path}: no such file")
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
-            raise ValueError(f"--config {config_path}: expected a mapping of field: value, got {type(values).__name__}")
+            raise ValueError(
+                f"--config {config_path}: expected a mapping of field: value, got {type(values).__name__}"
+            )
     parser = HfArgumentParser(config_class)
     known_fields = {action.dest for action in parser._actions}
     unknown = sorted(set(values) - known_fields)
     if unknown:
-        raise ValueError(f"--config {config_path}: unknown fields {unknown}; see {config_class.__name__} for the fields")
+        raise ValueError(
+            f"--config {config_path}: unknown fields {unknown}; see {config_class.__name__} for the fields"
+        )
     for key, value in values.items():
         if isinstance(value, dict):
             values[key] = json.dumps(value)
@@ -65,7 +71,9 @@ def load_splits(args: DistillationConfig) -> tuple[Dataset, Dataset | None]:
     else:
         splits = load_dataset(args.dataset_name, args.dataset_config_name)
     if args.train_split not in splits:
-        raise ValueError(f"train_split='{args.train_split}' is not a split of {args.dataset_name}: {list(splits)}")
+        raise ValueError(
+            f"train_split='{args.train_split}' is not a split of {args.dataset_name}: {list(splits)}"
+        )
     train = splits[args.train_split]
     if args.max_train_samples is not None:
         train = train.select(range(min(args.max_train_samples, len(train))))
@@ -90,6 +98,8 @@ def run(trainer, args: DistillationConfig) -> dict[str, float]:
             print(f"model card: {card}")
         if args.model_card_dir and card.exists():
             print(f"card copied to: {Path(args.model_card_dir).resolve()}")
-        if args.push_to_hub and trainer.hub_model_id:  # save_model() uploaded the student (hf_distill.release)
+        if (
+            args.push_to_hub and trainer.hub_model_id
+        ):  # save_model() uploaded the student (hf_distill.release)
             print(f"pushed to: https://huggingface.co/{trainer.hub_model_id}")
     return metrics

@@ -198,7 +198,9 @@ class DistillationConfig(TrainingArguments):
     )
     cutout_fraction: float = field(
         default=0.5,
-        metadata=_help("augmentation_mode='cutout': box side as a fraction of the image side (16/32 on CIFAR)."),
+        metadata=_help(
+            "augmentation_mode='cutout': box side as a fraction of the image side (16/32 on CIFAR)."
+        ),
     )
     pick: bool = field(
         default=False,
@@ -209,7 +211,9 @@ class DistillationConfig(TrainingArguments):
     )
     pick_pool_factor: float = field(
         default=2.0,
-        metadata=_help("pick: pool size as a multiple of the N/2 kept images (2.0: a pool of N, as in the paper)."),
+        metadata=_help(
+            "pick: pool size as a multiple of the N/2 kept images (2.0: a pool of N, as in the paper)."
+        ),
     )
     pick_criterion: str = field(
         default="kl",
@@ -318,7 +322,9 @@ class DistillationConfig(TrainingArguments):
     )
     slkd_architecture: str | None = field(
         default=None,
-        metadata=_help("timm architecture of the SL-Ts; None: the teacher's own architecture, re-initialised."),
+        metadata=_help(
+            "timm architecture of the SL-Ts; None: the teacher's own architecture, re-initialised."
+        ),
     )
     slkd_weight: float = field(
         default=1.0, metadata=_help("Weight beta of the student's KD term towards the (fused) SL-T output.")
@@ -363,7 +369,9 @@ class DistillationConfig(TrainingArguments):
     )
     channels_last: bool = field(
         default=False,
-        metadata=_help("Channels-last memory format for student, teacher and their inputs (faster convs on GPU)."),
+        metadata=_help(
+            "Channels-last memory format for student, teacher and their inputs (faster convs on GPU)."
+        ),
     )
     teacher_compile: bool = field(
         default=False,
@@ -390,7 +398,9 @@ class DistillationConfig(TrainingArguments):
     card_license: str = field(default="apache-2.0", metadata=_help("License named in the card's metadata."))
     model_card_dir: str | None = field(
         default=None,
-        metadata=_help("Also copy the card and curve into this directory (the project's model_cards/<name>)."),
+        metadata=_help(
+            "Also copy the card and curve into this directory (the project's model_cards/<name>)."
+        ),
     )
     # -- ViT students: DeiT distillation token, timm model arguments (see hf_distill.deit) --------------
     deit_distillation: str = field(
@@ -428,7 +438,9 @@ class DistillationConfig(TrainingArguments):
     )
     label_bank_records: int = field(
         default=16,
-        metadata=_help("recipes/label_bank.py: recorded views R per training image (each run through the teacher)."),
+        metadata=_help(
+            "recipes/label_bank.py: recorded views R per training image (each run through the teacher)."
+        ),
     )
     label_bank_topk: int | None = field(
         default=None,
@@ -549,7 +561,10 @@ class DistillationConfig(TrainingArguments):
         self.teacher_feature_layers = [str(v) for v in self.teacher_feature_layers]
         feature_terms = [n for n in names if getattr(LOSSES.get(n), "needs_features", False)]
         if feature_terms and not self.student_feature_layers:
-            fail("student_feature_layers", f"is empty but {feature_terms} compare features; name the layers to tap")
+            fail(
+                "student_feature_layers",
+                f"is empty but {feature_terms} compare features; name the layers to tap",
+            )
         if len(self.student_feature_layers) != len(self.teacher_feature_layers):
             fail(
                 "teacher_feature_layers",
@@ -599,8 +614,13 @@ class DistillationConfig(TrainingArguments):
             fail("teacher_cache_topk", f"must be a positive integer or None, got {self.teacher_cache_topk!r}")
         if not isinstance(self.label_bank_records, int) or self.label_bank_records < 1:
             fail("label_bank_records", f"must be a positive integer, got {self.label_bank_records!r}")
-        if self.label_bank_topk is not None and (not isinstance(self.label_bank_topk, int) or self.label_bank_topk < 1):
-            fail("label_bank_topk", f"must be a positive integer or None (full logits), got {self.label_bank_topk!r}")
+        if self.label_bank_topk is not None and (
+            not isinstance(self.label_bank_topk, int) or self.label_bank_topk < 1
+        ):
+            fail(
+                "label_bank_topk",
+                f"must be a positive integer or None (full logits), got {self.label_bank_topk!r}",
+            )
         if self.teacher_label_bank is not None:
             from .label_bank import refuse_unrepresentable
 
@@ -622,10 +642,15 @@ class DistillationConfig(TrainingArguments):
 
         validate_slkd_config(self, fail)
         if not isinstance(self.card_throughput_batches, int) or self.card_throughput_batches < 0:
-            fail("card_throughput_batches", f"must be an integer >= 0 (0 skips timing), got {self.card_throughput_batches!r}")
+            fail(
+                "card_throughput_batches",
+                f"must be an integer >= 0 (0 skips timing), got {self.card_throughput_batches!r}",
+            )
         from .release import check_push_settings
 
-        check_push_settings(self, fail)  # push_to_hub without a repo id / token / network: fail before training
+        check_push_settings(
+            self, fail
+        )  # push_to_hub without a repo id / token / network: fail before training
         if self.dataloader_persistent_workers:
             fail(
                 "dataloader_persistent_workers",

@@ -697,7 +697,9 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def _pairs_of(student: ModelOutputs, teacher: ModelOutputs, pairs: Any, default: str) -> list[tuple[Tensor, Tensor]]:
+def _pairs_of(
+    student: ModelOutputs, teacher: ModelOutputs, pairs: Any, default: str
+) -> list[tuple[Tensor, Tensor]]:
     s, t = list(student.features.values()), list(teacher.features.values())
     if not s or len(s) != len(t):
         raise ValueError(
@@ -731,7 +733,9 @@ def fsp_term(student: ModelOutputs, teacher: ModelOutputs, batch: dict, pairs: A
     see :func:`fsp_loss`; needs at least two tapped layers per model with equal paired channel counts."""
     chosen = _pairs_of(student, teacher, pairs, "all")
     if len(chosen) < 2:
-        raise ValueError("the fsp term needs at least two tapped layers per model (FSP relates consecutive layers)")
+        raise ValueError(
+            "the fsp term needs at least two tapped layers per model (FSP relates consecutive layers)"
+        )
     s_pairs = [(chosen[i][0], chosen[i + 1][0]) for i in range(len(chosen) - 1)]
     t_pairs = [(chosen[i][1], chosen[i + 1][1]) for i in range(len(chosen) - 1)]
     return fsp_loss(s_pairs, t_pairs)

@@ -98,7 +98,9 @@ class DistillationModule(nn.Module):
         if self.feature_tap is not None:
             outputs = ModelOutputs(*self.feature_tap(self.student, pixel_values, **self.student_kwargs))
         else:
-            outputs = ModelOutputs(forward_logits(self.student, pixel_values, self.library, **self.student_kwargs))
+            outputs = ModelOutputs(
+                forward_logits(self.student, pixel_values, self.library, **self.student_kwargs)
+            )
         for name, module in self.auxiliary.items():
             outputs.auxiliary[name] = module(outputs, teacher, batch if batch is not None else {})
         return outputs
@@ -167,8 +169,13 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             bank_teacher_sources, teacher_model = teacher_sources(teacher_model), None
         if model is None:
             raise ValueError("no student: pass `model=` or set DistillationConfig.student_model_name_or_path")
-        if teacher_model is None and args.teacher_label_bank is None and (
-            args.alpha > 0 or any(getattr(LOSSES.get(t, t), "needs_teacher", True) for t in args.loss_types)
+        if (
+            teacher_model is None
+            and args.teacher_label_bank is None
+            and (
+                args.alpha > 0
+                or any(getattr(LOSSES.get(t, t), "needs_teacher", True) for t in args.loss_types)
+            )
         ):
             raise ValueError(
                 "no teacher: pass `teacher_model=` or set DistillationConfig.teacher_model_name_or_path "
@@ -232,11 +239,18 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
                     args, data_collator, bank_source, train_dataset, self.label_names_, bank_teacher_sources
                 )
 
-        self._student_kwargs = forward_kwargs(student.module, student.library, self.student_preprocess.image_size)
+        self._student_kwargs = forward_kwargs(
+            student.module, student.library, self.student_preprocess.image_size
+        )
         self.num_train_samples = len(train_dataset) if train_dataset is not None else None
         self.feature_taps = build_feature_taps(
-            args, student.module, student.library, self.student_preprocess.image_size, self._student_kwargs,
-            self.teacher, self.extra_terms,
+            args,
+            student.module,
+            student.library,
+            self.student_preprocess.image_size,
+            self._student_kwargs,
+            self.teacher,
+            self.extra_terms,
         )  # None unless a configured term compares features
         auxiliary = {**self.build_auxiliary_modules(args, student), **(auxiliary_modules or {})}
         trained: nn.Module = student.module
@@ -248,7 +262,10 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             )
         if auxiliary or self.feature_taps is not None:
             trained = DistillationModule(
-                student.module, auxiliary, student.library, self._student_kwargs,
+                student.module,
+                auxiliary,
+                student.library,
+                self._student_kwargs,
                 feature_tap=self.feature_taps.student if self.feature_taps is not None else None,
             )
 
@@ -294,7 +311,9 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         self._term_sums: dict[str, Tensor] = {}
         self._term_count = 0
         if args.verify_teacher_integrity:
-            self.add_callback(TeacherIntegrityCallback(lambda: integrity_module(teacher_modules(self.teacher))))
+            self.add_callback(
+                TeacherIntegrityCallback(lambda: integrity_module(teacher_modules(self.teacher)))
+            )
         if args.save_on_sigterm:
             self.add_callback(SigtermCheckpointCallback())
 
@@ -318,7 +337,9 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         try:
             label_index = align_labels(teacher.label_names, self.label_names_, num_outputs)
         except ValueError as error:  # name the setting to change, not just the mismatch
-            raise ValueError(f"DistillationConfig.teacher_model_name_or_path / `teacher_model=`: {error}") from error
+            raise ValueError(
+                f"DistillationConfig.teacher_model_name_or_path / `teacher_model=`: {error}"
+            ) from error
         dtype = _DTYPES[args.teacher_dtype] if args.teacher_dtype else None
         return Teacher(teacher, preprocess, label_index, dtype)
 
@@ -390,21 +411,35 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         need some add them here; a user can also pass ``auxiliary_modules=`` to the trainer."""
         modules: dict[str, nn.Module] = {}
         if self.feature_taps is not None:  # fitnet projectors, vid regressors, crd memory bank
-            modules.update(build_feature_modules(self.feature_taps, self.extra_terms, self.num_train_samples, args.seed))
+            modules.update(
+                build_feature_modules(self.feature_taps, self.extra_terms, self.num_train_samples, args.seed)
+            )
         if args.peer_model_names_or_paths:  # DML peers
             modules.update(build_peers(args, self.label_names_, self.student_preprocess.image_size))
         if args.slkd_num_teachers:  # SLKD: self-learning teachers plus their two loss terms
             from .slkd import SLKD_NAME, build_self_learning_teachers, slkd_terms
 
             self.extra_terms.extend(slkd_terms(args))
-            return {**modules, SLKD_NAME: build_self_learning_teachers(args, self.teacher, len(self.label_names_))}
+            return {
+                **modules,
+                SLKD_NAME: build_self_learning_teachers(args, self.teacher, len(self.label_names_)),
+            }
         return modules
 
     @property
     def student(self) -> nn.Module:
         """The student alone, unwrapped from DDP/DeepSpeed and from the auxiliary-module wrapper."""
-        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        model = self.unwrap(self.model)
         return model.student if isinstance(model, DistillationModule) else model
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """``accelerator.unwrap_model(model)``, remembered per model object: Accelerate's unwrapping checks
+        installed packages on every call (a package-metadata read), too slow for once per training step."""
+        memo = self.__dict__.setdefault("_unwrapped", {})
+        entry = memo.get(id(model))
+        if entry is None or entry[0] is not model:  # keep the object, so a reused id cannot match
+            entry = memo[id(model)] = (model, self.accelerator.unwrap_model(model, keep_torch_compile=False))
+        return entry[1]
 
     def auxiliary_module(self, name: str) -> nn.Module:
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
@@ -450,7 +485,9 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         return DistillationCollator(
             student_size=self.student_preprocess.image_size,
             # With the fixed-teacher cache the training batches need no teacher view at all.
-            teacher_size=None if teacher is None or (train and self.uses_teacher_cache(args)) else teacher.image_size,
+            teacher_size=None
+            if teacher is None or (train and self.uses_teacher_cache(args))
+            else teacher.image_size,
             extra_teacher_sizes=tuple(getattr(self.teacher, "image_sizes", ())),
             teacher_input=args.teacher_input,
             augmentation=AugmentationConfig(
@@ -496,7 +533,7 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
     ) -> ModelOutputs:
         """The student's forward (and, through the wrapper, every auxiliary module's) on normalised pixels."""
         pixels = self.student_normalizer(inputs["pixel_values"])
-        if isinstance(self.accelerator.unwrap_model(model, keep_torch_compile=False), DistillationModule):
+        if isinstance(self.unwrap(model), DistillationModule):
             return model(pixel_values=pixels, teacher=teacher, batch=inputs)
         if self.args.deit_distillation != "none":  # both heads; logits = their average, as at inference
             return deit_student_outputs(model, pixels, self.student_library, **self._student_kwargs)
@@ -539,8 +576,13 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         deit = args.deit_distillation != "none" and DEIT_HEADS in student.auxiliary
         if deit:  # CE on the class head, the teacher on the distillation head (hf_distill.deit)
             total, terms = deit_loss(
-                student, teacher, labels, mode=args.deit_distillation, alpha=args.alpha,
-                temperature=args.temperature, cross_entropy=lambda z, y: self.cross_entropy(z, y, inputs),
+                student,
+                teacher,
+                labels,
+                mode=args.deit_distillation,
+                alpha=args.alpha,
+                temperature=args.temperature,
+                cross_entropy=lambda z, y: self.cross_entropy(z, y, inputs),
             )
         if not deit and labels is not None and args.alpha < 1.0:
             terms["ce"] = self.cross_entropy(student.logits, labels, inputs)
@@ -728,7 +770,11 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             return None
         self.create_model_card(**kwargs)
         return self._upload_student(
-            self.args.output_dir, commit_message or "End of training", revision, token=token, blocking=blocking
+            self.args.output_dir,
+            commit_message or "End of training",
+            revision,
+            token=token,
+            blocking=blocking,
         )
 
     def _upload_student(self, output_dir, commit_message, revision, token=None, blocking=True):
@@ -757,7 +803,11 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
 
         if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
             return
-        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+        if (
+            not self.args.hub_always_push
+            and self.push_in_progress is not None
+            and not self.push_in_progress.is_done()
+        ):
             return
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         from .release import upload_student
@@ -803,7 +853,9 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             os.replace(tmp, os.path.join(output_dir, AUXILIARY_WEIGHTS_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model, keep_torch_compile=False)
+        wrapper = self.accelerator.unwrap_model(
+            model if model is not None else self.model, keep_torch_compile=False
+        )
         if not isinstance(wrapper, DistillationModule) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         from safetensors.torch import load_file
@@ -812,7 +864,9 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         auxiliary_file = os.path.join(resume_from_checkpoint, AUXILIARY_WEIGHTS_NAME)
         for path in (student_file, auxiliary_file) if len(wrapper.auxiliary) else (student_file,):
             if not os.path.isfile(path):
-                raise ValueError(f"checkpoint {resume_from_checkpoint} has no {os.path.basename(path)}; cannot resume")
+                raise ValueError(
+                    f"checkpoint {resume_from_checkpoint} has no {os.path.basename(path)}; cannot resume"
+                )
         wrapper.student.load_state_dict(load_file(student_file, device="cpu"))
         if not len(wrapper.auxiliary):  # a feature-tap wrapper with nothing trainable beside the student
             return

@@ -1,7 +1,7 @@
 """Hinton knowledge distillation: (1 - alpha) * CE + alpha * tau^2 * KL(teacher || student).
 
-    accelerate launch recipes/distill.py --config recipes/configs/distill_digits.yaml
-    accelerate launch recipes/distill.py --config recipes/configs/distill_digits.yaml --alpha 0 --output_dir outputs/ce-digits
+accelerate launch recipes/distill.py --config recipes/configs/distill_digits.yaml
+accelerate launch recipes/distill.py --config recipes/configs/distill_digits.yaml --alpha 0 --output_dir outputs/ce-digits
 """
 
 from pathlib import Path
@@ -16,7 +16,9 @@ def main(argv=None):
     args = parse_config(default_config=DEFAULT_CONFIG, argv=argv)
     train, evaluation = load_splits(args)
     teacher = args.teacher_model_name_or_path if args.alpha > 0 or args.loss_types else None
-    trainer = DistillationTrainer(teacher_model=teacher, args=args, train_dataset=train, eval_dataset=evaluation)
+    trainer = DistillationTrainer(
+        teacher_model=teacher, args=args, train_dataset=train, eval_dataset=evaluation
+    )
     return run(trainer, args)
 
 

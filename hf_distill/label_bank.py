@@ -22,8 +22,9 @@ gets the logit ``T * log(m * S / ((1 - m) * (C - k)))`` where ``S = sum_topk exp
 classes ``m / (C - k)``. For ``k = C`` it is the full logits.
 
 On disk the bank is a ``datasets.Dataset`` (``save_to_disk``, sharded Arrow) with one row per record and
-``label_bank.json`` beside it holding the fingerprint (also in the dataset's ``info.description`` so a
-copy pushed to the Hub carries it). Generation writes one finished shard at a time under ``shards/`` and
+``label_bank.json`` beside it holding the fingerprint (also in the dataset's ``info.description``).
+:func:`push_label_bank` uploads that directory to a Hub dataset repo, and ``teacher_label_bank=org/bank``
+loads it back from there. Generation writes one finished shard at a time under ``shards/`` and
 skips finished shards when restarted, so a killed run continues with no duplicate or missing record.
 """
 
@@ -322,20 +323,134 @@ class LabelBank:
         return out.to(rows.device)
 
 
-def load_label_bank(path: str) -> LabelBank:
-    """A bank from a local directory (``save_to_disk`` layout) or a Hub dataset id."""
-    from datasets import load_dataset, load_from_disk
+def load_label_bank(path: str, *, revision: str | None = None, token: str | None = None) -> LabelBank:
+    """A bank from a local directory (``save_to_disk`` layout plus ``label_bank.json``) or from a Hub dataset
+    repo holding that layout (:func:`push_label_bank`, or ``hf upload --repo-type dataset``), fetched with
+    ``snapshot_download`` into the Hub cache."""
+    from datasets import load_from_disk
 
-    if os.path.isdir(path):
-        meta_file = Path(path, METADATA_NAME)
-        if not meta_file.is_file():
+    field_name = "DistillationConfig.teacher_label_bank"
+    if not os.path.isdir(path):
+        if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1:
             raise ValueError(
-                f"DistillationConfig.teacher_label_bank: {path} has no {METADATA_NAME}, so it is not a finished label "
-                "bank; run recipes/label_bank.py (it resumes an interrupted generation)"
+                f"{field_name}: {path} is not a directory (nor a Hub dataset id such as org/bank)"
             )
-        return LabelBank(load_from_disk(path), json.loads(meta_file.read_text()), path)
-    dataset = load_dataset(path, split="train")
-    return LabelBank(dataset, json.loads(dataset.info.description), path)
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = snapshot_download(repo_id=path, repo_type="dataset", revision=revision, token=token)
+        except Exception as error:
+            raise ValueError(
+                f"{field_name}: '{path}' is no local directory and the Hub dataset could not be fetched "
+                f"({type(error).__name__}: {error}); check the id, your token (hf auth login) and the network, "
+                "or give the path of a bank made by recipes/label_bank.py"
+            ) from error
+    meta_file = Path(path, METADATA_NAME)
+    if not meta_file.is_file():
+        raise ValueError(
+            f"{field_name}: {path} has no {METADATA_NAME}, so it is not a finished label bank; run "
+            "recipes/label_bank.py (it resumes an interrupted generation), and push banks with "
+            "hf_distill.label_bank.push_label_bank, which keeps that file"
+        )
+    return LabelBank(load_from_disk(path), json.loads(meta_file.read_text()), path)
+
+
+def bank_files(path: str | os.PathLike) -> list[str]:
+    """The files of a finished bank: its Arrow shards, datasets' own metadata and ``label_bank.json``."""
+    directory = Path(path)
+    names = sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.is_file()
+        and (p.suffix == ".arrow" or p.name in ("dataset_info.json", "state.json", METADATA_NAME))
+    )
+    if METADATA_NAME not in names or not any(n.endswith(".arrow") for n in names):
+        raise FileNotFoundError(
+            f"{directory} is not a finished label bank (needs {METADATA_NAME} and data-*.arrow; found {names}); "
+            "run recipes/label_bank.py first"
+        )
+    return names
+
+
+def bank_card(meta: dict[str, Any], repo_id: str) -> str:
+    """The dataset card (README.md) of a pushed bank: what made it and how a training run uses it."""
+    storage = "full logits (fp16)" if meta.get("topk") is None else f"top-{meta['topk']} logits + tail logit"
+    sources = meta.get("teacher_sources") or ["(an in-memory teacher: identified by its weight hash)"]
+    rows = [
+        ("records per image (R)", meta.get("num_records")),
+        ("images", meta.get("num_samples")),
+        ("classes", meta.get("num_classes")),
+        ("teacher input", meta.get("teacher_input")),
+        ("teacher output", storage),
+        ("temperature", meta.get("temperature")),
+        ("bytes per image per record", f"{meta.get('bytes_per_image_per_record', float('nan')):.1f}"),
+    ]
+    lines = [
+        "---",
+        "tags:",
+        "- hf-distill",
+        "- label-bank",
+        "- knowledge-distillation",
+        "---",
+        "",
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        "A teacher label bank made by hf_distill's `recipes/label_bank.py`: recorded augmented views of every "
+        "training image (crop box, flip, mixing partner and weight) with the teacher's output on each, so a "
+        "student trains without running the teacher.",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in rows),
+        "",
+        "Teachers: " + ", ".join(f"`{s}`" for s in sources),
+        "",
+        "Replay it (the run's data, augmentation and mixing must match the fingerprint in `label_bank.json`):",
+        "",
+        "```",
+        f"accelerate launch recipes/funmatch.py --config CONFIG --teacher_label_bank {repo_id}",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def push_label_bank(
+    path: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload teacher label bank",
+) -> Any:
+    """Upload a finished bank to the Hub dataset repo ``repo_id`` as one commit: its Arrow shards, datasets'
+    metadata, ``label_bank.json`` (the fingerprint training checks) and a dataset card. ``load_label_bank``
+    (and ``teacher_label_bank=repo_id``) reads it back. Returns the ``CommitInfo``."""
+    from huggingface_hub import HfApi
+
+    from . import __version__
+    from .release import _stage
+
+    names = bank_files(path)
+    meta = json.loads(Path(path, METADATA_NAME).read_text())
+    api = HfApi(library_name="hf_distill", library_version=__version__)
+    staging = _stage(Path(path), names)
+    try:
+        repo_id = api.create_repo(
+            repo_id, token=token, private=private, repo_type="dataset", exist_ok=True
+        ).repo_id
+        (staging / "README.md").write_text(bank_card(meta, repo_id))
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(staging),
+            repo_type="dataset",
+            commit_message=commit_message,
+            token=token,
+            revision=revision,
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _features(num_classes: int, topk: int | None):

@@ -6,6 +6,8 @@
 The bank (a `datasets` dataset saved with `save_to_disk`, see hf_distill.label_bank) lands in `output_dir`. The
 augmentation and mixing settings must be the ones the training run will use (the bank's fingerprint is checked
 when training starts). An interrupted generation resumes where it stopped when run again with the same settings.
+With `--push_to_hub true --hub_model_id org/name` the finished bank is uploaded to that Hub *dataset* repo, and
+training runs can name it: `--teacher_label_bank org/name`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from hf_distill import DistillationTrainer
 from hf_distill.cli import load_splits, parse_config
-from hf_distill.label_bank import generate_for_trainer
+from hf_distill.label_bank import generate_for_trainer, push_label_bank
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "label_bank_digits.yaml"
 
@@ -25,6 +27,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("label_bank.py makes a bank; unset teacher_label_bank (it is for training runs)")
     if not args.teacher_model_name_or_path:
         raise ValueError("label_bank.py needs a teacher: set teacher_model_name_or_path")
+    # The bank goes to a dataset repo once it is complete; the trainer itself must not create a model repo.
+    push_repo = (args.hub_model_id or Path(args.output_dir).name) if args.push_to_hub else None
+    args.push_to_hub = False
     train, _ = load_splits(args)
     from funmatch import load_distill_dataset  # the same distillation data a FunMatch run would use
 
@@ -41,6 +46,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"bytes per image per record: {meta['bytes_per_image_per_record']:.1f} "
             f"({storage})"
         )
+        if push_repo is not None:
+            info = push_label_bank(
+                args.output_dir, push_repo, token=args.hub_token, private=args.hub_private_repo
+            )
+            print(f"pushed to the Hub dataset repo: {getattr(info, 'commit_url', info)}")
     return meta
 
 

@@ -9,9 +9,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from concurrent.futures import Future  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
+from huggingface_hub import HfApi, RepoUrl  # noqa: E402
 
 from hf_distill import DistillationConfig  # noqa: E402
 from hf_distill.data import digits_dataset  # noqa: E402
@@ -19,6 +23,7 @@ from hf_distill.hub import PreprocessSpec, save_student  # noqa: E402
 
 DIGIT_NAMES = [str(i) for i in range(10)]
 SMALL = 32  # digits are 8x8; 32x32 keeps the tiny models fast
+COMMIT = "fedcba9876543210fedcba9876543210fedcba98"  # the commit the intercepted Hub reports
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +91,59 @@ def make_args(tmp_path, **overrides):
     )
     base.update(overrides)
     return DistillationConfig(**base)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """Intercepts huggingface_hub's repo creation and uploads: records each upload's repo and exact files
+    (name -> bytes, read when the upload is made). ``hub.fail`` makes uploads raise; ``hub.publish(repo_id)``
+    lays the last upload out as an offline Hub cache (``repo_type`` "model" or "dataset") so it loads by repo id."""
+    import huggingface_hub.constants as constants
+
+    class FakeHub:
+        uploads: list[dict] = []
+        created: list[str] = []
+        created_types: list[str] = []
+        fail: Exception | None = None
+
+        def publish(self, repo_id: str, repo_type: str = "model") -> str:
+            cache = tmp_path / "hub-cache"
+            snapshot = cache / f"{repo_type}s--{repo_id.replace('/', '--')}" / "snapshots" / COMMIT
+            snapshot.mkdir(parents=True)
+            for name, data in self.uploads[-1]["files"].items():
+                (snapshot / name).write_bytes(data)
+            (snapshot.parent.parent / "refs").mkdir()
+            (snapshot.parent.parent / "refs" / "main").write_text(COMMIT)
+            monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+            monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+            return repo_id
+
+    fake = FakeHub()
+    fake.uploads, fake.created, fake.created_types = [], [], []
+
+    def create_repo(self, repo_id, *, token=None, private=None, exist_ok=False, repo_type=None, **kwargs):
+        fake.created.append(repo_id)
+        fake.created_types.append(repo_type or "model")
+        full_id = repo_id if "/" in repo_id else f"someorg/{repo_id}"  # the Hub adds the token's namespace
+        return RepoUrl(f"https://huggingface.co/{full_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, run_as_future=False, **kwargs):
+        entries = list(Path(folder_path).iterdir())
+        assert all(p.is_file() for p in entries), "uploads are flat: no checkpoint folders"
+        fake.uploads.append(
+            {"repo_id": repo_id, "files": {p.name: p.read_bytes() for p in entries}, **kwargs}
+        )
+        if fake.fail is not None:
+            raise fake.fail
+        result = f"https://huggingface.co/{repo_id}/commit/{COMMIT}"
+        if run_as_future:
+            future: Future = Future()
+            future.set_result(result)
+            return future
+        return result
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # pushing needs the network; the check knows
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    return fake

@@ -4,6 +4,8 @@ runs the teacher, top-k with k = C is exact, fingerprints are checked, generatio
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +18,14 @@ from hf_distill.label_bank import (
     LabelBankCollator,
     generate_for_trainer,
     load_label_bank,
+    push_label_bank,
     render_records,
     replay_record,
 )
 from hf_distill.losses import kd_loss
 from hf_distill.teacher_cache import topk_compress, topk_expand
 
-from .conftest import make_args, save_in_hub_layout, tiny_timm
+from .conftest import COMMIT, make_args, save_in_hub_layout, tiny_timm
 
 N = 24  # training images in the bank
 R = 4
@@ -248,3 +251,79 @@ def test_generation_resumes_to_the_same_bank(setup):
     assert whole.column_names == resumed.column_names
     for column in whole.column_names:
         assert whole[column] == resumed[column], column
+
+
+def test_push_to_hub_and_train_from_the_hub_id(bank, setup, hub):
+    root, _, data = setup
+    _, path, meta, _ = bank
+    staged = set(Path(tempfile.gettempdir()).glob("hf-distill-upload-*"))
+    info = push_label_bank(path, "someorg/digits-bank", token="hf_test_token")
+    assert info.endswith(COMMIT)
+    assert hub.created == ["someorg/digits-bank"] and hub.created_types == ["dataset"]
+    upload = hub.uploads[-1]
+    assert upload["repo_type"] == "dataset"
+    names = set(upload["files"])
+    arrow = {n for n in names if n.endswith(".arrow")}
+    assert arrow and names == arrow | {"dataset_info.json", "state.json", "label_bank.json", "README.md"}
+    card = upload["files"]["README.md"].decode()
+    assert "label-bank" in card and f"| records per image (R) | {R} |" in card
+    assert "--teacher_label_bank someorg/digits-bank" in card
+    assert set(Path(tempfile.gettempdir()).glob("hf-distill-upload-*")) == staged  # staging removed
+
+    repo = hub.publish("someorg/digits-bank", repo_type="dataset")
+    loaded = load_label_bank(repo)
+    local = load_label_bank(path)
+    assert loaded.meta == local.meta and torch.equal(loaded.logits, local.logits)
+    # a training run names the Hub id; its fingerprint check passes as for the local bank
+    args = make_args(root, teacher_label_bank=repo, **BANK_ARGS)
+    trainer = DistillationTrainer(model=tiny_timm(seed=0), args=args, train_dataset=data)
+    assert trainer.teacher is None and trainer.label_bank.meta == meta
+
+
+def test_bank_sources_that_are_not_banks_are_refused(tmp_path, bank):
+    _, path, _, _ = bank
+    with pytest.raises(ValueError, match="teacher_label_bank.*is not a directory"):
+        load_label_bank(str(tmp_path / "missing" / "bank"))
+    with pytest.raises(ValueError, match="teacher_label_bank.*Hub dataset could not be fetched"):
+        load_label_bank("someorg/no-such-bank")  # offline in tests: nothing cached under that id
+    (tmp_path / "half").mkdir()
+    with pytest.raises(ValueError, match="has no label_bank.json"):
+        load_label_bank(str(tmp_path / "half"))
+    with pytest.raises(FileNotFoundError, match="not a finished label bank"):
+        push_label_bank(tmp_path / "half", "someorg/x")
+
+
+def test_the_two_recipe_commands_through_a_hub_dataset_repo(tmp_path, timm_teacher_dir, hub):
+    """recipes/label_bank.py makes and pushes a bank; recipes/funmatch.py trains from its Hub id alone."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import funmatch
+    import label_bank
+
+    common = [
+        "--student_model_name_or_path", "test_resnet",
+        "--teacher_model_name_or_path", timm_teacher_dir,
+        "--max_train_samples", "32",
+        "--per_device_train_batch_size", "16",
+        "--report_to", "none",
+        "--disable_tqdm", "true",
+    ]  # fmt: skip
+    meta = label_bank.main(
+        [
+            *common,
+            "--label_bank_records", "2",
+            "--output_dir", str(tmp_path / "bank"),
+            "--push_to_hub", "true",
+            "--hub_model_id", "someorg/digits-r2",
+            "--hub_token", "hf_test_token",
+        ]
+    )  # fmt: skip
+    assert meta["num_samples"] == 32 and meta["num_records"] == 2
+    assert hub.created_types == ["dataset"] and hub.uploads[-1]["repo_id"] == "someorg/digits-r2"
+    repo = hub.publish("someorg/digits-r2", repo_type="dataset")
+    metrics = funmatch.main(
+        [*common, "--teacher_label_bank", repo, "--max_steps", "2", "--output_dir", str(tmp_path / "student")]
+    )
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    assert (tmp_path / "student" / "model.safetensors").exists()

@@ -4,14 +4,13 @@ uploaded files back by repo id from a Hub cache, and the checks and failure mode
 from __future__ import annotations
 
 import os
-from concurrent.futures import Future
 from pathlib import Path
 
 import huggingface_hub
 import pytest
 import timm
 import torch
-from huggingface_hub import HfApi, ModelCard, RepoUrl
+from huggingface_hub import ModelCard
 from torch import nn
 from transformers import AutoModelForImageClassification, pipeline
 
@@ -27,7 +26,6 @@ from hf_distill.release import (
 
 from .conftest import DIGIT_NAMES, make_args, tiny_hf_resnet
 
-COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = "someorg/digits-student"
 
@@ -41,60 +39,6 @@ class UnusedAuxiliary(nn.Module):
 
     def forward(self, student, teacher, batch):
         return None
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """Intercepts huggingface_hub's repo creation and uploads: records each upload's repo and exact files
-    (name -> bytes, read when the upload is made). ``hub.fail`` makes uploads raise; ``hub.publish(repo_id)``
-    lays the last upload out as an offline Hub cache so it loads by repo id."""
-    import huggingface_hub.constants as constants
-
-    class FakeHub:
-        uploads: list[dict] = []
-        created: list[str] = []
-        fail: Exception | None = None
-
-        def publish(self, repo_id: str) -> str:
-            cache = tmp_path / "hub-cache"
-            snapshot = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / COMMIT
-            snapshot.mkdir(parents=True)
-            for name, data in self.uploads[-1]["files"].items():
-                (snapshot / name).write_bytes(data)
-            (snapshot.parent.parent / "refs").mkdir()
-            (snapshot.parent.parent / "refs" / "main").write_text(COMMIT)
-            monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-            monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-            return repo_id
-
-    fake = FakeHub()
-    fake.uploads, fake.created = [], []
-
-    def create_repo(self, repo_id, *, token=None, private=None, exist_ok=False, **kwargs):
-        fake.created.append(repo_id)
-        full_id = repo_id if "/" in repo_id else f"someorg/{repo_id}"  # the Hub adds the token's namespace
-        return RepoUrl(f"https://huggingface.co/{full_id}")
-
-    def upload_folder(self, *, repo_id, folder_path, run_as_future=False, **kwargs):
-        entries = list(Path(folder_path).iterdir())
-        assert all(p.is_file() for p in entries), "uploads are flat: no checkpoint folders"
-        fake.uploads.append(
-            {"repo_id": repo_id, "files": {p.name: p.read_bytes() for p in entries}, **kwargs}
-        )
-        if fake.fail is not None:
-            raise fake.fail
-        result = f"https://huggingface.co/{repo_id}/commit/{COMMIT}"
-        if run_as_future:
-            future: Future = Future()
-            future.set_result(result)
-            return future
-        return result
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # pushing needs the network; the check knows
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    return fake
 
 
 def push_args(tmp_path, **overrides):

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -87,26 +88,59 @@ def funmatch_trainer(workdir: str, seed: int, extra: list[str], student_only: bo
     return funmatch.build_trainer(args)
 
 
-def step_cost(workdir: str, bank: str, steps: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per training step of each setting, measured `repeats` times in alternation."""
-    settings = {
-        "live FunMatch": ([], False),
-        "bank replay (R=16)": (["--teacher_label_bank", bank], False),
-        "student only": ([], True),
-    }
-    times: dict[str, list[float]] = {name: [] for name in settings}
-    for _ in range(repeats):
-        for name, (extra, student_only) in settings.items():
-            trainer = funmatch_trainer(workdir, 0, [*extra, "--max_steps", str(steps)], student_only)
-            metrics = trainer.train().metrics
-            times[name].append(metrics["train_runtime"] / steps)
+class StepTimer:
+    """Seconds per step after the first ``warmup`` steps (cold caches, the first batch's set-up left out)."""
+
+    def __init__(self, warmup: int):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == timer.warmup:
+                    timer.start = time.perf_counter()
+                elif state.global_step == args.max_steps:
+                    timer.seconds = (time.perf_counter() - timer.start) / (args.max_steps - timer.warmup)
+
+        self.warmup, self.start, self.seconds, self.callback = warmup, 0.0, None, Callback()
+
+
+def step_cost(workdir: str, bank: str, steps: int, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per training step of each setting (after ``warmup`` steps), measured ``repeats`` times in
+    alternation, in reversed order on every other repeat."""
+    settings = list(
+        {
+            "live FunMatch": ([], False),
+            "bank replay (R=16)": (["--teacher_label_bank", bank], False),
+            "student only": ([], True),
+        }.items()
+    )
+    times: dict[str, list[float]] = {name: [] for name, _ in settings}
+    for repeat in range(repeats):
+        for name, (extra, student_only) in settings if repeat % 2 == 0 else settings[::-1]:
+            trainer = funmatch_trainer(workdir, 0, [*extra, "--max_steps", str(warmup + steps)], student_only)
+            timer = StepTimer(warmup)
+            trainer.add_callback(timer.callback)
+            trainer.train()
+            times[name].append(timer.seconds)
+            print(f"step cost, repeat {repeat}: {name} {timer.seconds:.4f} s/step", flush=True)
     return times
 
 
-def quality(workdir: str, seeds: list[int], banks: dict[int, str], log: Path) -> dict[str, list[float]]:
+def quality(
+    workdir: str, seeds: list[int], banks: dict[int, str], log: Path, only: list[str] | None = None
+) -> dict[str, list[float]]:
     settings = {"live FunMatch": []}
     settings.update({f"bank R={r}": ["--teacher_label_bank", path] for r, path in banks.items()})
     settings["fixed teacher (fix/cc, cached)"] = ["--teacher_input", "fix/cc", "--teacher_cache_dir", workdir]
+    if only is not None:
+        unknown = set(only) - set(settings)
+        if unknown:
+            raise SystemExit(
+                f"--quality_only: unknown settings {sorted(unknown)}; choose from {list(settings)}"
+            )
+        settings = {name: extra for name, extra in settings.items() if name in only}
     accuracy: dict[str, list[float]] = {name: [] for name in settings}
     for seed in seeds:
         for name, extra in settings.items():
@@ -147,7 +181,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--records", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--steps", type=int, default=30, help="training steps per step-cost measurement")
+    parser.add_argument(
+        "--steps", type=int, default=30, help="timed training steps per step-cost measurement"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="untimed steps before each step-cost measurement"
+    )
     parser.add_argument(
         "--repeats", type=int, default=3, help="alternating step-cost measurements per setting"
     )
@@ -158,17 +197,30 @@ def main() -> None:
         help="measure step cost and disk only; the quality table is rebuilt from label_bank.jsonl when present",
     )
     parser.add_argument("--quality_command", default=None, help="the command that wrote label_bank.jsonl")
+    parser.add_argument(
+        "--quality_only",
+        nargs="+",
+        metavar="SETTING",
+        help="run only these quality settings (e.g. 'bank R=64', 'fixed teacher (fix/cc, cached)') for --seeds, "
+        "append them to label_bank.jsonl and stop; a later --skip_quality run tabulates the whole log",
+    )
     cli = parser.parse_args()
     import torch
 
     ensure_teacher()
+    if cli.quality_only:
+        with tempfile.TemporaryDirectory() as workdir:
+            wanted = {int(n.split("=")[1]) for n in cli.quality_only if n.startswith("bank R=")}
+            banks = {r: make_bank(workdir, r)[0] for r in sorted(wanted)}
+            quality(workdir, cli.seeds, banks, RESULTS.with_suffix(".jsonl"), only=cli.quality_only)
+        return
     lines = [
         "# Teacher label bank (digits)",
         "",
         "Command (repository root):",
         "",
         "    OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/label_bank.py "
-        + " ".join(sys.argv[1:]),
+        + shlex.join(sys.argv[1:]),
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, no GPU. Teacher: resnet18 "
@@ -181,13 +233,14 @@ def main() -> None:
         generation: dict[int, float] = {}
         for r in sorted(set(cli.records) | {16}):
             banks[r], generation[r] = make_bank(workdir, r)
-        times = step_cost(workdir, banks[16], cli.steps, cli.repeats)
+        times = step_cost(workdir, banks[16], cli.steps, cli.repeats, cli.warmup)
         student = statistics.median(times["student only"])
         lines += [
             "## Step cost",
             "",
-            f"Seconds per training step (median of {cli.repeats} alternating runs of {cli.steps} steps, batch 64, "
-            "data loading included), and the ratio to student-only training with the same views:",
+            f"Seconds per training step (median of {cli.repeats} alternating runs of {cli.steps} steps timed after "
+            f"{cli.warmup} untimed ones, batch 64, data loading included), and the ratio to student-only training "
+            "with the same views:",
             "",
             "| setting | s/step | × student only |",
             "|---|---|---|",
@@ -195,6 +248,13 @@ def main() -> None:
         for name, values in times.items():
             median = statistics.median(values)
             lines.append(f"| {name} | {median:.4f} | {median / student:.2f} |")
+        replay = statistics.median(times["bank replay (R=16)"]) / student
+        lines += [
+            "",
+            f"Bank replay costs {replay:.2f}x student-only training (goal <= 1.1x: "
+            f"{'met' if replay <= 1.1 else 'not met'}); the live teacher "
+            f"{statistics.median(times['live FunMatch']) / student:.2f}x.",
+        ]
         lines += [
             "",
             "Bank generation (one pass of the teacher over R views of the 1257 training digits): "
@@ -247,6 +307,16 @@ def main() -> None:
                 lines.append(
                     f"| {name} | {mean_std(values)} | {100 * (statistics.mean(values) - live):+.2f} |"
                 )
+            # "matches": the bank's mean is no more than one standard deviation of live FunMatch below it
+            floor = live - (statistics.stdev(accuracy["live FunMatch"]) if len(cli.seeds) > 1 else 0.0)
+            banks_r = sorted(int(n.split("=")[1]) for n in accuracy if n.startswith("bank R="))
+            matching = [r for r in banks_r if statistics.mean(accuracy[f"bank R={r}"]) >= floor]
+            first = next((r for r in banks_r if all(m in matching for m in banks_r if m >= r)), None)
+            lines += [
+                "",
+                "The bank matches live FunMatch (mean within one standard deviation of live FunMatch's, or above) "
+                + (f"from R={first} on." if first is not None else "at none of the R measured."),
+            ]
             lines.append("")
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

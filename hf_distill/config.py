@@ -442,6 +442,13 @@ class DistillationConfig(TrainingArguments):
             "recipes/label_bank.py: recorded views R per training image (each run through the teacher)."
         ),
     )
+    label_bank_shard_size: int = field(
+        default=256,
+        metadata=_help(
+            "recipes/label_bank.py: images per shard written during generation. Processes of `accelerate "
+            "launch` take shards round-robin; a killed generation redoes at most its unfinished shards."
+        ),
+    )
     label_bank_topk: int | None = field(
         default=None,
         metadata=_help(
@@ -614,6 +621,8 @@ class DistillationConfig(TrainingArguments):
             fail("teacher_cache_topk", f"must be a positive integer or None, got {self.teacher_cache_topk!r}")
         if not isinstance(self.label_bank_records, int) or self.label_bank_records < 1:
             fail("label_bank_records", f"must be a positive integer, got {self.label_bank_records!r}")
+        if not isinstance(self.label_bank_shard_size, int) or self.label_bank_shard_size < 1:
+            fail("label_bank_shard_size", f"must be a positive integer, got {self.label_bank_shard_size!r}")
         if self.label_bank_topk is not None and (
             not isinstance(self.label_bank_topk, int) or self.label_bank_topk < 1
         ):

@@ -886,6 +886,7 @@ def generate_for_trainer(
         label_names=trainer.label_names_,
         teacher_sources=teacher_sources(args.teacher_model_name_or_path),
         batch_size=args.per_device_eval_batch_size,
+        shard_size=args.label_bank_shard_size,
         device=trainer.accelerator.device,
         progress=not args.disable_tqdm,
     )

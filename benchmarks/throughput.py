@@ -1,4 +1,4 @@
-"""Training-step throughput of DistillationTrainer, side by side in one process, reported as ratios.
+"""Training-step throughput of DistillationTrainer against the alternatives, measured side by side, as ratios.
 
     OMP_NUM_THREADS=2 python benchmarks/throughput.py                       # CPU defaults
     python benchmarks/throughput.py --device cuda --bf16 --image-size 224 \
@@ -7,9 +7,10 @@
 Every variant trains the same student/teacher pair (random weights, 10 classes) on the embedded digits data
 with the same batch, collator, optimizer (AdamW, constant lr), gradient clipping and precision. ``--optim``
 picks the AdamW kernel for all of them; its default is the Trainer's own default (``adamw_torch_fused``).
-Variants run interleaved, ``--repeats`` times each, in reversed order on every other repeat; a variant's cost
-is the median seconds per optimizer step over its ``--steps`` timed steps (after ``--warmup`` untimed ones).
-The comparisons:
+Variants run interleaved, ``--repeats`` times each, in reversed order on every other repeat, each measurement
+in a fresh process (``--in-process`` keeps them in one: quicker, but a variant then inherits the allocator and
+cache state the previous ones left); a variant's cost is the median seconds per optimizer step over its
+``--steps`` timed steps (after ``--warmup`` untimed ones). The comparisons:
 
 1. DistillationTrainer vs a minimal hand-written PyTorch loop doing the same work (target >= 0.97x);
 2. vs torchdistill's KD (``DistillationBox`` + ``KDLoss``) driven by the same data loader (``bench`` extra),
@@ -27,15 +28,20 @@ Results go to stdout and to ``--out`` (markdown, with the command that produced 
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
+import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -89,6 +95,7 @@ class Bench:
         self.o = options
         self.device = torch.device(options.device)
         self.workdir = Path(tempfile.mkdtemp(prefix="hf-distill-bench-"))
+        atexit.register(shutil.rmtree, self.workdir, True)
         data = digits_dataset(seed=0, test_size=0.3)["train"]
         needed = options.batch_size * (options.warmup + options.steps)
         repeats = -(
@@ -339,6 +346,34 @@ def torchdistill_status() -> str | None:
     return None
 
 
+def in_process_runner(options: argparse.Namespace) -> Callable[[str], Any]:
+    bench = Bench(options)
+    return lambda name: bench.floor() if name == "floor" else getattr(bench, name)()
+
+
+def isolated_runner(options: argparse.Namespace) -> Callable[[str], Any]:
+    """Each measurement in a fresh ``python benchmarks/throughput.py --variants NAME --emit FILE`` process."""
+    forwarded = [
+        *("--device", options.device, "--student", options.student, "--teacher", options.teacher),
+        *("--image-size", str(options.image_size), "--batch-size", str(options.batch_size)),
+        *("--steps", str(options.steps), "--warmup", str(options.warmup), "--workers", str(options.workers)),
+        *("--logging-steps", str(options.logging_steps), "--optim", options.optim),
+        *(["--bf16"] if options.bf16 else []),
+        *(["--channels-last"] if options.channels_last else []),
+    ]
+
+    def measure(name: str) -> Any:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Path(tmp) / "result.json"
+            command = [sys.executable, __file__, *forwarded, "--variants", name, "--emit", str(result)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+            return json.loads(result.read_text())
+
+    return measure
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -365,37 +400,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--variants", nargs="*", help="run only these variants (debugging; the report needs all)"
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every measurement in this process (faster; by default each one runs in a fresh process, "
+        "so no variant inherits another's allocator and cache state)",
+    )
+    parser.add_argument("--emit", help=argparse.SUPPRESS)  # child of an isolated run: write one result here
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.md"))
     options = parser.parse_args(argv)
     threads = os.environ.get("OMP_NUM_THREADS")
     command = (f"OMP_NUM_THREADS={threads} " if threads else "") + "python benchmarks/throughput.py "
     command += " ".join(argv if argv is not None else sys.argv[1:])
 
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    bench = Bench(options)
-    variants: dict[str, Callable[[], float]] = {
-        "hand_loop": bench.hand_loop,
-        "trainer_kd": bench.trainer_kd,
-        "student_only": bench.student_only,
-        "teacher_cache": bench.teacher_cache,
-    }
     why_no_torchdistill = (
         "skipped (--skip-torchdistill)" if options.skip_torchdistill else torchdistill_status()
     )
+    names = ["hand_loop", "trainer_kd", "student_only", "teacher_cache"]
     if why_no_torchdistill is None:
-        variants["torchdistill_kd"] = bench.torchdistill_kd
+        names.append("torchdistill_kd")
         if options.optim != "adamw_torch":  # otherwise (b) is the same run as (a)
-            variants["torchdistill_kd_default"] = bench.torchdistill_kd_default
+            names.append("torchdistill_kd_default")
     if options.variants:
-        variants = {name: run for name, run in variants.items() if name in options.variants}
-    samples: dict[str, list[float]] = {name: [] for name in variants}
+        names = [name for name in names if name in options.variants]
+    if options.emit:  # one measurement in this fresh process, for the parent to collect
+        bench = Bench(options)
+        run = bench.floor if options.variants == ["floor"] else getattr(bench, options.variants[0])
+        Path(options.emit).write_text(json.dumps(run()))
+        return
+
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    measure = isolated_runner(options) if not options.in_process else in_process_runner(options)
+    samples: dict[str, list[float]] = {name: [] for name in names}
     floors: list[tuple[float, float]] = []
     for repeat in range(options.repeats):  # interleaved, so drifts in machine load hit every variant alike
-        order = list(variants.items())
-        for name, run in order if repeat % 2 == 0 else order[::-1]:  # and no variant always runs first
-            samples[name].append(run())
+        for name in names if repeat % 2 == 0 else names[::-1]:  # and no variant always runs first
+            samples[name].append(measure(name))
             print(f"repeat {repeat}: {name:16s} {samples[name][-1] * 1e3:8.1f} ms/step", flush=True)
-        floors.append(bench.floor())
+        floors.append(tuple(measure("floor")))
     cost = {name: statistics.median(values) for name, values in samples.items()}
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     student_floor = statistics.median(f[0] for f in floors)
@@ -436,20 +478,21 @@ def main(argv: list[str] | None = None) -> None:
             ("4", "teacher+student step / physical floor (cost)", cost["trainer_kd"] / floor, "report")
         )
 
-    device_name = (
-        torch.cuda.get_device_name(0) if bench.device.type == "cuda" else platform.processor() or "cpu"
-    )
+    device = torch.device(options.device)
+    device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"
     lines = [
         "# Training-step throughput",
         "",
         f"Command: `{command}`",
         "",
-        f"Device: {bench.device.type} ({device_name}), torch {torch.__version__}, "
+        f"Device: {device.type} ({device_name}), torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}; student `{options.student}`, teacher `{options.teacher}`, "
         f"{options.image_size}px, batch {options.batch_size}, {'bf16 autocast' if options.bf16 else 'fp32'}, "
         f"optimizer {options.optim}"
         f"{', channels-last' if options.channels_last else ''}, {options.workers} loader workers; "
-        f"median of {options.repeats} interleaved repeats of {options.steps} timed steps. Machine load "
+        f"median of {options.repeats} interleaved repeats of {options.steps} timed steps"
+        f"{', each measurement in a fresh process' if not options.in_process else ', all in one process'}. "
+        "Machine load "
         f"(1-min load average, {os.cpu_count()} cores) {load_before:.1f} at the start, {load_after:.1f} at the end: "
         "other processes share these cores, so compare the ratios, and the spread across repeats, not the times.",
         "",
@@ -461,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|",
         *(
             f"| {name} | {cost[name] * 1e3:.1f} | {', '.join(f'{v * 1e3:.1f}' for v in samples[name])} |"
-            for name in variants
+            for name in names
         ),
         f"| floor: student fwd+bwd+step | {student_floor * 1e3:.1f} | {', '.join(f'{f[0] * 1e3:.1f}' for f in floors)} |",
         f"| floor: teacher fwd | {teacher_floor * 1e3:.1f} | {', '.join(f'{f[1] * 1e3:.1f}' for f in floors)} |",

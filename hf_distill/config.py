@@ -436,6 +436,14 @@ class DistillationConfig(TrainingArguments):
             "mixing, classes) differs from this run's."
         ),
     )
+    label_bank_in_memory: bool | None = field(
+        default=None,
+        metadata=_help(
+            "Read the whole label bank into memory (true; about 128 bytes per record) or keep its Arrow files "
+            "memory-mapped and read each batch's rows (false; for banks larger than memory). Default: in memory "
+            "up to 2 GiB."
+        ),
+    )
     label_bank_records: int = field(
         default=16,
         metadata=_help(
@@ -621,6 +629,11 @@ class DistillationConfig(TrainingArguments):
             fail("teacher_cache_topk", f"must be a positive integer or None, got {self.teacher_cache_topk!r}")
         if not isinstance(self.label_bank_records, int) or self.label_bank_records < 1:
             fail("label_bank_records", f"must be a positive integer, got {self.label_bank_records!r}")
+        if self.label_bank_in_memory not in (None, True, False):
+            fail(
+                "label_bank_in_memory",
+                f"must be true, false or null (auto), got {self.label_bank_in_memory!r}",
+            )
         if not isinstance(self.label_bank_shard_size, int) or self.label_bank_shard_size < 1:
             fail("label_bank_shard_size", f"must be a positive integer, got {self.label_bank_shard_size!r}")
         if self.label_bank_topk is not None and (

@@ -249,15 +249,35 @@ def check_fingerprint(bank_meta: dict[str, Any], run: dict[str, Any], path: str)
 
 
 # ------------------------------------------------------------------------------------------------ storage
-class LabelBank:
-    """A loaded bank: per-record view parameters and teacher outputs, indexed by (sample id, record)."""
+IN_MEMORY_BYTES = 2 * 2**30  # label_bank_in_memory=None: banks up to this size are read into memory
+RECORD_COLUMNS = tuple(f.name for f in fields(ViewRecord))
 
-    def __init__(self, dataset: Any, meta: dict[str, Any], path: str = ""):
+
+class LabelBank:
+    """A loaded bank: per-record view parameters and teacher outputs, indexed by (sample id, record).
+
+    ``in_memory=True`` reads every column into memory once (fastest; about 128 bytes per record).
+    ``in_memory=False`` keeps the Arrow files memory-mapped and reads each batch's rows when asked, holding
+    only one position per image: banks larger than memory. It needs the generation order (rows sorted by
+    image, records 0..R-1 within each image), which :func:`generate_label_bank` writes. ``None`` picks
+    memory for banks up to 2 GiB.
+    """
+
+    def __init__(self, dataset: Any, meta: dict[str, Any], path: str = "", in_memory: bool | None = None):
         self.meta = dict(meta)
         self.path = path
         self.num_records = int(meta["num_records"])
         self.num_classes = int(meta["num_classes"])
+        self.in_memory = dataset.data.nbytes <= IN_MEMORY_BYTES if in_memory is None else bool(in_memory)
         data = dataset.with_format("numpy")
+        outputs = ["logits"] if "logits" in data.column_names else ["topk_values", "topk_indices", "tail"]
+        if not self.in_memory:
+            self._positions = self._ordered_positions(dataset)
+            self._records = data.select_columns(list(RECORD_COLUMNS))
+            self._outputs = data.select_columns(outputs)
+            self._both = data.select_columns([*RECORD_COLUMNS, *outputs])
+            self._length = len(dataset)
+            return
         self.sample_ids = torch.as_tensor(np.asarray(data["sample_id"]), dtype=torch.long)
         record = torch.as_tensor(np.asarray(data["record"]), dtype=torch.long)
         self.index = torch.full((int(self.sample_ids.max()) + 1, self.num_records), -1, dtype=torch.long)
@@ -266,64 +286,128 @@ class LabelBank:
             raise ValueError(
                 f"label bank {path} is incomplete: some samples lack some of the {self.num_records} records"
             )
-
-        def column(name: str, dtype: torch.dtype) -> Tensor:
-            return torch.as_tensor(np.asarray(data[name]), dtype=dtype)
-
         self._index = self.index.numpy()
+        self._length = len(self.sample_ids)
         # Records are read row by row in the collator: plain numpy rows are much cheaper than tensors there.
-        self.box, self.flip = np.asarray(data["box"], np.float64), np.asarray(data["flip"], bool)
-        self.partner_id = np.asarray(data["partner_id"], np.int64)
-        self.partner_box = np.asarray(data["partner_box"], np.float64)
-        self.partner_flip = np.asarray(data["partner_flip"], bool)
-        self.mixed, self.cutmix = np.asarray(data["mixed"], bool), np.asarray(data["cutmix"], bool)
-        self.lam, self.cut_box = np.asarray(data["lam"], np.float32), np.asarray(data["cut_box"], np.float32)
-        self.logits = column("logits", torch.float16) if "logits" in data.column_names else None
-        if self.logits is None:
-            self.topk_values = column("topk_values", torch.float16)
-            self.topk_indices = column("topk_indices", torch.long)
-            self.tail = column("tail", torch.float32)
+        self._columns = {name: np.asarray(data[name]) for name in RECORD_COLUMNS}
+        self._stored = {name: np.asarray(data[name]) for name in outputs}
+        self.logits = self._output_tensor("logits", self._stored)
+        self.topk_values = self._output_tensor("topk_values", self._stored)
+        self.topk_indices = self._output_tensor("topk_indices", self._stored)
+        self.tail = self._output_tensor("tail", self._stored)
+
+    @staticmethod
+    def _output_tensor(name: str, columns: dict[str, np.ndarray]) -> Tensor | None:
+        if name not in columns:
+            return None
+        value = torch.as_tensor(np.asarray(columns[name]))
+        return value.long() if name == "topk_indices" else value
+
+    def _ordered_positions(self, dataset: Any) -> np.ndarray:
+        """sample id -> image position, checking (in slices, never the whole column at once) that row ``i``
+        holds record ``i % R`` of image ``i // R``."""
+        R = self.num_records
+        length = len(dataset)
+        fix = "set label_bank_in_memory=true (it indexes rows in any order)"
+        if length % R:
+            raise ValueError(
+                f"label bank {self.path}: {length} rows are not a whole number of {R}-record images; {fix}"
+            )
+        firsts = np.empty(length // R, dtype=np.int64)
+        offset = 0
+        keys = dataset.select_columns(["sample_id", "record"]).with_format("numpy")
+        for start in range(0, length, 1 << 20):
+            batch = keys[start : start + (1 << 20)]
+            ids, records = np.asarray(batch["sample_id"]), np.asarray(batch["record"])
+            rows = np.arange(offset, offset + len(ids))
+            starts = records == 0
+            firsts[rows[starts] // R] = ids[starts]
+            if not ((records == rows % R).all() and (ids == firsts[rows // R]).all()):
+                raise ValueError(f"label bank {self.path}: rows are not in generation order; {fix}")
+            offset += len(ids)
+        positions = np.full(int(firsts.max()) + 1, -1, dtype=np.int64)
+        positions[firsts] = np.arange(len(firsts))
+        if (positions >= 0).sum() != len(firsts):
+            raise ValueError(f"label bank {self.path}: an image appears twice; {fix}")
+        return positions
 
     def __len__(self) -> int:
-        return len(self.sample_ids)
+        return self._length
 
     def row(self, sample_id: int, record: int) -> int:
         """The bank row of (sample id, record)."""
-        if not 0 <= sample_id < len(self._index) or self._index[sample_id, record] < 0:
+        if self.in_memory:
+            if not 0 <= sample_id < len(self._index) or self._index[sample_id, record] < 0:
+                raise KeyError(f"sample id {sample_id} is not in the label bank {self.path}")
+            return int(self._index[sample_id, record])
+        if not 0 <= sample_id < len(self._positions) or self._positions[sample_id] < 0:
             raise KeyError(f"sample id {sample_id} is not in the label bank {self.path}")
-        return int(self._index[sample_id, record])
+        return int(self._positions[sample_id]) * self.num_records + record
 
     def record(self, row: int) -> ViewRecord:
-        return ViewRecord(
-            tuple(self.box[row].tolist()),
-            bool(self.flip[row]),
-            int(self.partner_id[row]),
-            tuple(self.partner_box[row].tolist()),
-            bool(self.partner_flip[row]),
-            bool(self.mixed[row]),
-            bool(self.cutmix[row]),
-            float(self.lam[row]),
-            tuple(self.cut_box[row].tolist()),
-        )
+        return self.records([row])[0]
+
+    def lookup(self, rows: list[int]) -> tuple[list[ViewRecord], Tensor]:
+        """The view records and the stored teacher logits (fp32) of bank ``rows``: what the replay collator
+        needs, in one read of the Arrow files when the bank is not in memory."""
+        if self.in_memory:
+            return self.records(rows), self.teacher_logits(torch.tensor(rows, dtype=torch.long))
+        both = self._both[list(rows)]
+        return self.records(rows, both), self._expand(both)
+
+    def records(self, rows: list[int], columns: dict[str, Any] | None = None) -> list[ViewRecord]:
+        """The view records of bank ``rows`` (one read of the Arrow files per call when not in memory;
+        ``columns``: those rows already read)."""
+        if self.in_memory:
+            columns, at = self._columns, list(rows)
+        else:
+            columns = columns if columns is not None else self._records[list(rows)]
+            at = list(range(len(rows)))
+
+        def one(i: int) -> ViewRecord:
+            return ViewRecord(
+                tuple(columns["box"][i].tolist()),
+                bool(columns["flip"][i]),
+                int(columns["partner_id"][i]),
+                tuple(columns["partner_box"][i].tolist()),
+                bool(columns["partner_flip"][i]),
+                bool(columns["mixed"][i]),
+                bool(columns["cutmix"][i]),
+                float(columns["lam"][i]),
+                tuple(columns["cut_box"][i].tolist()),
+            )
+
+        return [one(i) for i in at]
 
     def teacher_logits(self, rows: Tensor) -> Tensor:
         """The stored teacher logits ``(B, C)`` fp32 of bank ``rows``, on the rows' device."""
         from .teacher_cache import topk_expand
 
         index = rows.detach().long().cpu()
+        if not self.in_memory:
+            return self._expand(self._outputs[index.tolist()]).to(rows.device)
         if self.logits is not None:
-            out = self.logits.index_select(0, index).float()
-        else:
-            out = topk_expand(
-                self.topk_values.index_select(0, index),
-                self.topk_indices.index_select(0, index),
-                self.tail.index_select(0, index),
-                self.num_classes,
-            )
-        return out.to(rows.device)
+            return self.logits.index_select(0, index).float().to(rows.device)
+        values, indices, tail = (
+            t.index_select(0, index) for t in (self.topk_values, self.topk_indices, self.tail)
+        )
+        return topk_expand(values, indices, tail, self.num_classes).to(rows.device)
+
+    def _expand(self, stored: dict[str, Any]) -> Tensor:
+        """fp32 logits from the stored columns of some rows (full fp16 logits, or top-k + tail logit)."""
+        from .teacher_cache import topk_expand
+
+        if "logits" in stored:
+            return self._output_tensor("logits", stored).float()
+        values, indices, tail = (
+            self._output_tensor(n, stored) for n in ("topk_values", "topk_indices", "tail")
+        )
+        return topk_expand(values, indices, tail, self.num_classes)
 
 
-def load_label_bank(path: str, *, revision: str | None = None, token: str | None = None) -> LabelBank:
+def load_label_bank(
+    path: str, *, revision: str | None = None, token: str | None = None, in_memory: bool | None = None
+) -> LabelBank:
     """A bank from a local directory (``save_to_disk`` layout plus ``label_bank.json``) or from a Hub dataset
     repo holding that layout (:func:`push_label_bank`, or ``hf upload --repo-type dataset``), fetched with
     ``snapshot_download`` into the Hub cache."""
@@ -352,7 +436,7 @@ def load_label_bank(path: str, *, revision: str | None = None, token: str | None
             "recipes/label_bank.py (it resumes an interrupted generation), and push banks with "
             "hf_distill.label_bank.push_label_bank, which keeps that file"
         )
-    return LabelBank(load_from_disk(path), json.loads(meta_file.read_text()), path)
+    return LabelBank(load_from_disk(path), json.loads(meta_file.read_text()), path, in_memory=in_memory)
 
 
 def bank_files(path: str | os.PathLike) -> list[str]:
@@ -689,8 +773,9 @@ def generate_label_bank(
 class LabelBankCollator(DistillationCollator):
     """The training collator of a bank replay: each sample's record is chosen by (seed, epoch, sample id);
     in same/funmatch modes the student's view is rebuilt from it (with the recorded partner and mix), in
-    ind/fix modes the student draws its own view as live. Emits ``bank_rows`` (the teacher output to read),
-    and with mixing ``mix_lam`` plus ``mix_partner_labels`` for the mixed-label CE."""
+    ind/fix modes the student draws its own view as live. Emits ``bank_rows`` and ``bank_logits`` (the stored
+    teacher output, read here in the loader workers), and with mixing ``mix_lam`` plus ``mix_partner_labels``
+    for the mixed-label CE."""
 
     bank: LabelBank | None = None
     dataset: Any = None  # the training rows, to fetch mixing partners by sample id
@@ -745,17 +830,18 @@ class LabelBankCollator(DistillationCollator):
         from .reliability import load_image
 
         bank = self.bank
-        images, records, bank_rows, sample_ids, labels = [], [], [], [], []
+        images, bank_rows, sample_ids, labels = [], [], [], []
         for position, row in enumerate(rows):
             sample_id = int(row.get("sample_id", position))
             images.append(load_image(row[self.image_column], sample_id, self.image_column))
-            bank_row = bank.row(sample_id, replay_record(self.seed, self.epoch, sample_id, bank.num_records))
-            bank_rows.append(bank_row)
-            records.append(bank.record(bank_row))
+            bank_rows.append(
+                bank.row(sample_id, replay_record(self.seed, self.epoch, sample_id, bank.num_records))
+            )
             sample_ids.append(sample_id)
             label = row.get(self.label_column) if self.label_column is not None else None
             if label is not None:
                 labels.append(int(label))
+        records, stored_logits = bank.lookup(bank_rows)
         partners, partner_labels = self._partners(records) if self.mode.relation == "same" else ([], [])
         if self.mode.relation == "same":
             pixels = render_records(records, images, partners, self.student_size, self.student_interpolation)
@@ -772,6 +858,7 @@ class LabelBankCollator(DistillationCollator):
             "pixel_values": pixels,
             "sample_ids": torch.tensor(sample_ids, dtype=torch.long),
             "bank_rows": torch.tensor(bank_rows, dtype=torch.long),
+            "bank_logits": stored_logits,
         }
         if labels and len(labels) == len(rows):
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
@@ -840,7 +927,7 @@ def attach_label_bank(
             "DistillationConfig.teacher_label_bank: the replay rebuilds views in hf_distill's collator, but a custom "
             f"data_collator ({type(collator).__name__}) was given; drop data_collator= or teacher_label_bank"
         )
-    bank = load_label_bank(args.teacher_label_bank)
+    bank = load_label_bank(args.teacher_label_bank, in_memory=args.label_bank_in_memory)
     mixing = args.mix_config() if collator.mode.mixing else None
     if mixing is not None and not (mixing.mixup_active or mixing.cutmix_active):
         mixing = None

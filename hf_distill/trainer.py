@@ -553,7 +553,8 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
 
     def teacher_logits(self, inputs: dict[str, Tensor]) -> Tensor | None:
         if getattr(self, "label_bank", None) is not None and "bank_rows" in inputs:
-            return self.label_bank.teacher_logits(inputs["bank_rows"])  # replay: the stored teacher output
+            stored = inputs.get("bank_logits")  # replay: the stored teacher output, read by the collator
+            return stored if stored is not None else self.label_bank.teacher_logits(inputs["bank_rows"])
         if self.teacher is None:
             return None
         cache = getattr(self, "teacher_cache", None)

@@ -21,6 +21,10 @@ def config(**kwargs):
         ({"alpha": 1.5}, r"alpha: must be in \[0, 1\]"),
         ({"label_bank_records": 0}, r"label_bank_records: must be a positive integer, got 0"),
         ({"label_bank_shard_size": 0}, r"label_bank_shard_size: must be a positive integer, got 0"),
+        (
+            {"label_bank_in_memory": "yes"},
+            r"label_bank_in_memory: must be true, false or null \(auto\), got 'yes'",
+        ),
         ({"label_bank_topk": 0}, r"label_bank_topk: must be a positive integer or None"),
         ({"alpha": -0.1}, r"alpha: must be in \[0, 1\]"),
         ({"loss_types": ["dkd"], "loss_weights": []}, r"loss_weights: has 0 entries but loss_types has 1"),

@@ -15,6 +15,7 @@ from datasets import load_from_disk
 import hf_distill.teacher_cache as teacher_cache
 from hf_distill import DistillationTrainer
 from hf_distill.label_bank import (
+    LabelBank,
     LabelBankCollator,
     generate_for_trainer,
     load_label_bank,
@@ -188,6 +189,8 @@ def test_kd_from_full_topk_bank_equals_live_kd(setup):
     batch = replay.data_collator([replay.train_dataset[i] for i in range(N)])
     student_logits = replay.student_logits(replay.model, batch["pixel_values"]).detach()
     from_bank = kd_loss(student_logits, replay.teacher_logits(batch), args.temperature)
+    mapped = load_label_bank(str(root / "bank-k10"), in_memory=False)  # top-k read from the Arrow files
+    assert torch.equal(mapped.teacher_logits(batch["bank_rows"]), replay.teacher_logits(batch))
     live = kd_loss(student_logits, trainer.teacher(batch["pixel_values"]).float(), args.temperature)
     assert math.isclose(float(from_bank), float(live), rel_tol=2e-3, abs_tol=1e-5)
 
@@ -374,3 +377,39 @@ def test_generation_split_over_two_launched_processes_equals_one_process(tmp_pat
             assert np.allclose(np.asarray(one[column]), np.asarray(two[column]), atol=2e-3)
         else:
             assert one[column] == two[column], column
+
+
+def test_memory_mapped_bank_reads_what_the_in_memory_bank_reads(bank, setup):
+    root, _, data = setup
+    _, path, _, _ = bank
+    memory, mapped = load_label_bank(path, in_memory=True), load_label_bank(path, in_memory=False)
+    assert memory.in_memory and not mapped.in_memory and len(mapped) == len(memory) == N * R
+    rows = [memory.row(s, r) for s in range(N) for r in range(R)]
+    assert [mapped.row(s, r) for s in range(N) for r in range(R)] == rows
+    assert mapped.records(rows) == memory.records(rows)
+    index = torch.tensor(rows[::-1])
+    assert torch.equal(mapped.teacher_logits(index), memory.teacher_logits(index))
+    with pytest.raises(KeyError, match="sample id 999 is not in the label bank"):
+        mapped.row(999, 0)
+    # training runs asking for either reader replay the same batch and the same teacher outputs
+    replayed = []
+    for in_memory in (True, False):
+        args = make_args(root, teacher_label_bank=path, label_bank_in_memory=in_memory, **BANK_ARGS)
+        trainer = DistillationTrainer(model=tiny_timm(seed=0), args=args, train_dataset=data)
+        assert trainer.label_bank.in_memory is in_memory
+        trainer.data_collator.set_epoch(2)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+        replayed.append((batch, trainer.teacher_logits(batch)))
+    (first, first_logits), (second, second_logits) = replayed
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert torch.equal(first_logits, second_logits)
+
+
+def test_memory_mapped_bank_needs_the_generation_order(bank):
+    _, path, _, _ = bank
+    ordered = load_label_bank(path)
+    shuffled = load_from_disk(path).shuffle(seed=0)
+    with pytest.raises(ValueError, match="not in generation order; set label_bank_in_memory=true"):
+        LabelBank(shuffled, ordered.meta, path, in_memory=False)
+    anywhere = LabelBank(shuffled, ordered.meta, path, in_memory=True)  # the in-memory index takes any order
+    assert anywhere.record(anywhere.row(5, 2)) == ordered.record(ordered.row(5, 2))

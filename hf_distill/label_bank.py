@@ -290,11 +290,11 @@ class LabelBank:
         self._length = len(self.sample_ids)
         # Records are read row by row in the collator: plain numpy rows are much cheaper than tensors there.
         self._columns = {name: np.asarray(data[name]) for name in RECORD_COLUMNS}
-        self._stored = {name: np.asarray(data[name]) for name in outputs}
-        self.logits = self._output_tensor("logits", self._stored)
-        self.topk_values = self._output_tensor("topk_values", self._stored)
-        self.topk_indices = self._output_tensor("topk_indices", self._stored)
-        self.tail = self._output_tensor("tail", self._stored)
+        stored = {name: np.asarray(data[name]) for name in outputs}
+        self.logits = self._output_tensor("logits", stored)
+        self.topk_values = self._output_tensor("topk_values", stored)
+        self.topk_indices = self._output_tensor("topk_indices", stored)
+        self.tail = self._output_tensor("tail", stored)
 
     @staticmethod
     def _output_tensor(name: str, columns: dict[str, np.ndarray]) -> Tensor | None:

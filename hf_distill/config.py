@@ -670,9 +670,8 @@ class DistillationConfig(TrainingArguments):
             )
         from .release import check_push_settings
 
-        check_push_settings(
-            self, fail
-        )  # push_to_hub without a repo id / token / network: fail before training
+        # push_to_hub without a repo id / token / network: fail before training
+        check_push_settings(self, fail)
         if self.dataloader_persistent_workers:
             fail(
                 "dataloader_persistent_workers",

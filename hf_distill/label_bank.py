@@ -381,17 +381,13 @@ class LabelBank:
 
     def teacher_logits(self, rows: Tensor) -> Tensor:
         """The stored teacher logits ``(B, C)`` fp32 of bank ``rows``, on the rows' device."""
-        from .teacher_cache import topk_expand
-
         index = rows.detach().long().cpu()
         if not self.in_memory:
             return self._expand(self._outputs[index.tolist()]).to(rows.device)
-        if self.logits is not None:
-            return self.logits.index_select(0, index).float().to(rows.device)
-        values, indices, tail = (
-            t.index_select(0, index) for t in (self.topk_values, self.topk_indices, self.tail)
-        )
-        return topk_expand(values, indices, tail, self.num_classes).to(rows.device)
+        columns = {"logits": self.logits, "topk_values": self.topk_values}
+        columns.update(topk_indices=self.topk_indices, tail=self.tail)
+        stored = {name: t.index_select(0, index) for name, t in columns.items() if t is not None}
+        return self._expand(stored).to(rows.device)
 
     def _expand(self, stored: dict[str, Any]) -> Tensor:
         """fp32 logits from the stored columns of some rows (full fp16 logits, or top-k + tail logit)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import load_from_disk
+from datasets import concatenate_datasets, load_from_disk
 
 import hf_distill.teacher_cache as teacher_cache
 from hf_distill import DistillationTrainer
@@ -412,4 +412,10 @@ def test_memory_mapped_bank_needs_the_generation_order(bank):
     with pytest.raises(ValueError, match="not in generation order; set label_bank_in_memory=true"):
         LabelBank(shuffled, ordered.meta, path, in_memory=False)
     anywhere = LabelBank(shuffled, ordered.meta, path, in_memory=True)  # the in-memory index takes any order
+    rows = load_from_disk(path)
+    with pytest.raises(ValueError, match=f"{N * R - 1} rows are not a whole number of {R}-record images"):
+        LabelBank(rows.select(range(N * R - 1)), ordered.meta, path, in_memory=False)
+    twice = concatenate_datasets([rows, rows.select(range(R))])  # image 0's records once more at the end
+    with pytest.raises(ValueError, match="an image appears twice; set label_bank_in_memory=true"):
+        LabelBank(twice, ordered.meta, path, in_memory=False)
     assert anywhere.record(anywhere.row(5, 2)) == ordered.record(ordered.row(5, 2))

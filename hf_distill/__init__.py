@@ -8,10 +8,10 @@ from .reliability import NonFiniteLossError, TeacherIntegrityError
 from .teacher import Teacher, TeacherEnsemble
 from .teacher_cache import TeacherCache
 from .trainer import DistillationTrainer
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
+    "__version__",
     "LOSSES",
     "DistillationCollator",
     "DistillationConfig",

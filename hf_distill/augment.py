@@ -17,10 +17,14 @@ Implements the augmentation side of Wang et al., "Understanding the success of k
 ``tlcutmix``  the same with CutMix (the paper's default)
 ============  =====================================================================================
 
-With ``pick=True`` (TL modes), the collator builds a pool of ``pick_pool_factor * N/2`` augmented
-images; inside the training step the student scores the pool without gradients and only the ``N/2``
-images with the highest ``pick_criterion`` (teacher-student KL by default) get the gradient step. The
-teacher's outputs on the pool are computed once and reused for the picked images.
+With ``pick=True`` (TL modes), the collator builds a pool of ``pick_pool_size_factor * N`` augmented
+images in runs of ``N`` (each run pairs the batch anew and, with ``mix_mode='batch'``, draws its own lam
+and box); inside the training step the student scores the pool without gradients and only the
+``pick_keep_factor * N`` images with the highest ``pick_criterion`` (teacher-student KL by default) get
+the gradient step. The defaults are the authors' released setting (``mix_n_run=2``, ``n_pick`` = batch
+size: a pool of 2N, N kept, the paper's "N_p = N/2" of the pool). The teacher's outputs on the pool are
+computed once and reused for the picked images. The scoring pass runs in train mode by default, as the
+authors' (``pick_scoring``; see :func:`teacher_labelled_loss`).
 
 Every random draw is made once per batch in the collator (from ``seed``, epoch and the batch's sample
 ids) and applied to the student's and the teacher's views alike, whatever their resolutions, so the
@@ -35,23 +39,42 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .batch import (
+    PIXEL_VALUES,
+    SAMPLE_IDS,
+    TL_KEEP,
+    TL_LAM,
+    TL_PARTNER,
+    TL_PIXEL_VALUES,
+    TL_PREFIX,
+    TL_SOURCE,
+    teacher_labelled_views,
+    view_keys,
+)
+from .contract import Needs
+from .losses import ModelOutputs, standardize_logits
+from .method import Build, Method
 from .mixing import (
     SELECTION_CRITERIA,
     MixConfig,
     MixParams,
     apply_cutout,
     apply_mix,
+    mix_batch,
+    mix_config_of,
+    per_sample_scores,
     sample_cutout_boxes,
     sample_mix_params,
-    select_by_criterion,
 )
+from .teacher import member_logits, select_teacher_rows
+from .terms import main_kd_needs
 
 __all__ = [
     "AUGMENTATION_MODES",
     "PICK_CRITERIA",
+    "PICK_SCORING",
     "TL_MODES",
     "AugmentingCollator",
     "TLPool",
@@ -65,20 +88,11 @@ __all__ = [
 AUGMENTATION_MODES = ("none", "mixup", "cutmix", "cutout", "tlmixup", "tlcutmix")
 TL_MODES = ("tlmixup", "tlcutmix")
 PICK_CRITERIA = SELECTION_CRITERIA
+PICK_SCORING = ("train", "eval")
 
-# Batch keys of the teacher-labelled images (only in training batches of the TL modes).
-TL_PREFIX = "tl_"
-TL_PIXELS = TL_PREFIX + "pixel_values"
+# Batch keys of the teacher-labelled images (only in training batches of the TL modes): hf_distill.batch.
+TL_PIXELS = TL_PIXEL_VALUES
 TL_TEACHER_PIXELS = TL_PREFIX + "teacher_pixel_values"
-TL_SOURCE = "tl_source"
-TL_PARTNER = "tl_partner"
-TL_LAM = "tl_lam"
-TL_KEEP = "tl_keep"
-
-
-def _view_keys(batch: dict[str, Tensor]) -> list[str]:
-    """The batch's image views: the student's, the teacher's, and ensemble views at further resolutions."""
-    return [key for key in batch if key == "pixel_values" or key.startswith("teacher_pixel_values")]
 
 
 _AUGMENT_STREAM = 3  # the base collator's mixing uses stream 2
@@ -94,20 +108,25 @@ def mode_mix_config(mode: str, base: MixConfig) -> MixConfig:
     return base
 
 
-def pick_sizes(batch_size: int, pick: bool, pool_factor: float = 2.0) -> tuple[int, int]:
+def pick_sizes(
+    batch_size: int, pick: bool, pool_size_factor: float = 2.0, keep_factor: float = 1.0
+) -> tuple[int, int]:
     """``(pool size, images kept)`` of the teacher-labelled images for a batch of ``batch_size``.
 
-    Without pick every pool image is kept and the pool has one image per original (``N``). With pick
-    ``N // 2`` images are kept (at least one) out of ``ceil(pool_factor * kept)``; ``pool_factor=2``
-    is the paper's setting (a pool of ``N``, keep the better half).
+    Without pick every pool image is kept and the pool has one image per original (``N``). With pick the
+    pool has ``ceil(pool_size_factor * N)`` images and ``ceil(keep_factor * N)`` of them are kept (each at
+    least one, kept at most the pool). The defaults are the authors' released runs: two CutMix runs per
+    batch (``mix_n_run=2``, a pool of 2N) of which ``n_pick`` = N are kept — half the pool, the paper's
+    ``N_p = N/2`` with its N counting the pool.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     if not pick:
         return batch_size, batch_size
-    keep = max(1, batch_size // 2)
     # The small epsilon keeps e.g. 1.5 * 4 from rounding up to 7 through float error.
-    return max(keep, math.ceil(pool_factor * keep - 1e-9)), keep
+    pool = max(1, math.ceil(pool_size_factor * batch_size - 1e-9))
+    keep = max(1, math.ceil(keep_factor * batch_size - 1e-9))
+    return max(pool, keep), keep
 
 
 def sample_tl_pairs(batch_size: int, pool_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -162,19 +181,35 @@ class TLPool:
 
 
 def build_tl_pool(batch_size: int, pool_size: int, config: MixConfig, generator: torch.Generator) -> TLPool:
-    """Draw the pairs and the mixing parameters of a pool of ``pool_size`` teacher-labelled images."""
+    """Draw the pairs and the mixing parameters of a pool of ``pool_size`` teacher-labelled images.
+
+    The pool is made of runs of ``batch_size`` images (the last one possibly shorter), as the authors call
+    their CutMix ``mix_n_run`` times: each run pairs the batch by its own permutation
+    (:func:`sample_tl_pairs`) and draws its own mixing parameters, so with ``mix_mode='batch'`` every run
+    has its own lam, box and mixup/CutMix choice (``'elem'``: one draw per image, as before).
+    """
     source, partner = sample_tl_pairs(batch_size, pool_size, generator)
-    # Draw for an even count: MixParams pairs row i with row B-1-i and would leave an odd middle unmixed;
-    # here the pairs come from sample_tl_pairs, only the per-row lam/box/choice are used.
-    params = sample_mix_params(pool_size + pool_size % 2, config, generator)
-    applied = params.applied[:pool_size] & (source != partner)
+    lam, use_cutmix, boxes, applied = [], [], [], []
+    for start in range(0, pool_size, batch_size):
+        size = min(batch_size, pool_size - start)
+        # Draw for an even count: MixParams pairs row i with row B-1-i and would leave an odd middle unmixed;
+        # here the pairs come from sample_tl_pairs, only the per-row lam/box/choice are used.
+        params = sample_mix_params(size + size % 2, config, generator)
+        lam.append(params.lam[:size])
+        use_cutmix.append(params.use_cutmix[:size])
+        boxes.append(params.boxes[:size])
+        applied.append(params.applied[:size])
+    if not lam:
+        empty = torch.zeros(0)
+        return TLPool(source, partner, empty, empty.bool(), torch.zeros(0, 4), empty.bool())
+    drawn_applied = torch.cat(applied) & (source != partner)
     return TLPool(
         source=source,
         partner=partner,
-        lam=torch.where(applied, params.lam[:pool_size], torch.ones(pool_size)),
-        use_cutmix=params.use_cutmix[:pool_size] & applied,
-        boxes=torch.where(applied[:, None], params.boxes[:pool_size], torch.zeros(pool_size, 4)),
-        applied=applied,
+        lam=torch.where(drawn_applied, torch.cat(lam), torch.ones(pool_size)),
+        use_cutmix=torch.cat(use_cutmix) & drawn_applied,
+        boxes=torch.where(drawn_applied[:, None], torch.cat(boxes), torch.zeros(pool_size, 4)),
+        applied=drawn_applied,
     )
 
 
@@ -194,7 +229,8 @@ class AugmentingCollator:
     cutout_fraction: float = 0.5
     cutout_fill: tuple[float, ...] = (0.0, 0.0, 0.0)
     pick: bool = False
-    pick_pool_factor: float = 2.0
+    pick_pool_size_factor: float = 2.0
+    pick_keep_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in AUGMENTATION_MODES:
@@ -224,22 +260,20 @@ class AugmentingCollator:
         batch = self.base(rows)
         if self.mode == "none" or not getattr(self.base, "train", True):
             return batch
-        keys = _view_keys(batch)
-        size = int(batch["pixel_values"].shape[0])
-        generator = self.generator(batch["sample_ids"])
+        keys = view_keys(batch)
+        size = int(batch[PIXEL_VALUES].shape[0])
+        generator = self.generator(batch[SAMPLE_IDS])
         if self.mode == "cutout":
             boxes = sample_cutout_boxes(size, self.cutout_fraction, generator)
             for key, view in zip(keys, apply_cutout(boxes, *(batch[k] for k in keys), fill=self.cutout_fill)):
                 batch[key] = view
         elif self.mode in ("mixup", "cutmix"):
-            params = sample_mix_params(size, self.mix_config, generator)
-            for key, view in zip(keys, apply_mix(params, *(batch[k] for k in keys))):
-                batch[key] = view
-            batch["mix_perm"] = params.perm
-            batch["mix_lam"] = params.lam.float()
+            mix_batch(batch, sample_mix_params(size, self.mix_config, generator))
         else:
-            pool_size, keep = pick_sizes(size, self.pick, self.pick_pool_factor)
+            pool_size, keep = pick_sizes(size, self.pick, self.pick_pool_size_factor, self.pick_keep_factor)
             pool = build_tl_pool(size, pool_size, self.mix_config, generator)
+            # x' is mixed in every view with the same parameters, so the teacher sees x' as its teacher-input
+            # mode prescribes: the student's crops (same/*, funmatch), or its own fixed / independent crops.
             for key, view in zip(keys, pool.apply(*(batch[k] for k in keys))):
                 batch[TL_PREFIX + key] = view
             batch[TL_SOURCE], batch[TL_PARTNER], batch[TL_LAM] = pool.source, pool.partner, pool.lam
@@ -250,86 +284,74 @@ class AugmentingCollator:
 # ------------------------------------------------------------------------------------------ training step
 
 
-def _student_network(trainer: Any, model: nn.Module) -> nn.Module:
-    """The module to run on teacher-labelled images: the student alone (auxiliary modules such as
-    projectors or CRD memories belong to the original images' loss and never see ``x'``)."""
-    from .trainer import DistillationModule
-
-    unwrapped = trainer.unwrap(model)
-    return unwrapped.student if isinstance(unwrapped, DistillationModule) else model
-
-
-def _logits(trainer: Any, network: nn.Module, pixels: Tensor) -> Tensor:
-    from .hub import forward_logits
-
-    return forward_logits(
-        network, trainer.student_normalizer(pixels), trainer.student_library, **trainer._student_kwargs
-    )
+def pick_scores(student_logits: Tensor, teacher_logits: Tensor, criterion: str, temperature: float) -> Tensor:
+    """Per-image ``pick_criterion`` scores of the pool. For an ensemble reduced by ``kl_sum`` (its output carries
+    the members' logits) criteria that read the teacher are summed over the members, as that KD term is."""
+    members = member_logits(teacher_logits)
+    if members is None or criterion == "student_entropy":
+        return per_sample_scores(student_logits, teacher_logits, criterion, temperature)
+    return torch.stack(
+        [per_sample_scores(student_logits, z, criterion, temperature) for z in members.unbind(0)]
+    ).sum(0)
 
 
-def _teacher_logits_on_pool(trainer: Any, inputs: dict[str, Tensor]) -> Tensor:
-    """The teacher's logits on the pool, from the pool's own views (a live forward: outputs cached for the
-    original views do not describe mixed images). The dict passed on holds image views only."""
-    views = {key[len(TL_PREFIX) :]: value for key, value in inputs.items() if key.startswith(TL_PREFIX)}
-    views = {key: value for key, value in views.items() if key in _view_keys(views)}
-    preprocess = getattr(trainer.teacher, "preprocess", None)
-    size = getattr(preprocess, "image_size", None)
-    if "teacher_pixel_values" not in views and size and size != views["pixel_values"].shape[-1]:
-        # No teacher view in the batch (e.g. a cached fixed teacher): resize the student's pixels.
-        views["teacher_pixel_values"] = F.interpolate(
-            views["pixel_values"].float(),
-            size=(size, size),
-            mode="bilinear",
-            antialias=True,
-            align_corners=False,
-        ).clamp(0, 255)
-    return trainer.teacher_logits(views)
+def select_pool(
+    student_logits: Tensor, teacher_logits: Tensor, keep: int, criterion: str, temperature: float
+) -> Tensor:
+    """Indices of the ``keep`` pool images with the highest :func:`pick_scores` (ties: lower index first)."""
+    scores = pick_scores(student_logits, teacher_logits, criterion, temperature)
+    return torch.sort(scores, descending=True, stable=True).indices[:keep]
 
 
 def teacher_labelled_loss(
-    trainer: Any, model: nn.Module, inputs: dict[str, Tensor]
+    trainer: Any, model: nn.Module, inputs: dict[str, Tensor], student: ModelOutputs | None = None
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """``alpha * tau^2 * KL(teacher(x') || student(x'))`` on the batch's teacher-labelled images.
+    """``w * KD(teacher(x'), student(x'))`` on the batch's teacher-labelled images, with the trainer's KD
+    (``logit_standardization`` included) and the KD weight of the original images (``alpha``, or 1 for
+    unlabelled data). No hard label enters this term.
 
-    The teacher labels exactly the pixels the student sees (``tl_teacher_pixel_values`` when the teacher
-    has its own view, else ``tl_pixel_values``). No hard label enters this term.
+    The teacher labels exactly the pixels the student sees (:func:`hf_distill.teacher.label_new_images`).
+    With pick (``tl_keep`` < pool size) the student first scores the whole pool under ``torch.no_grad()`` on
+    the same logits the KD reads (standardised when ``logit_standardization`` is on), and only the kept
+    images get a forward with gradients; the teacher's pool outputs are reused for them. The scoring pass
+    runs in the mode ``pick_scoring`` names:
 
-    With pick (``tl_keep`` < pool size) the student first scores the whole pool under ``torch.no_grad()``
-    in **eval mode**: BatchNorm then uses its running statistics, so (1) the scoring pass does not move the
-    running statistics with images that are then thrown away, (2) one image's score does not depend on
-    which other images share the pool (with batch statistics it would), so "the top N/2 by KL" is well
-    defined, and (3) dropout / drop-path noise does not reorder the ranking. The kept images then get an
-    ordinary train-mode forward with gradients; the teacher's pool outputs are reused for them.
+    * ``train`` (default, the authors' code: their student stays in ``train()`` for ``get_entropy_batch``):
+      BatchNorm normalises with the pool's own batch statistics and, as in their code, the pass moves the
+      running statistics (momentum update, not restored: the pool images are training images of the same
+      distribution as the kept ones); dropout / drop-path are active;
+    * ``eval``: running statistics, left untouched, no dropout: an image's score does not depend on the rest
+      of the pool, and thrown-away images never reach the statistics.
 
-    Returns the weighted term and ``{"kd_aug": KL term}`` for logging.
+    When a method holds the student for this step (``student.held``), no gradient may reach it: the term
+    is left out. Returns the weighted term and ``{"kd_aug": KD term}`` for logging.
     """
-    from .losses import kd_loss
-
     args = trainer.args
-    if trainer.teacher is None:
-        raise ValueError(
-            f"augmentation_mode='{args.augmentation_mode}' labels the augmented images with the teacher; "
-            "give a teacher_model"
-        )
+    if student is not None and student.held:
+        return trainer.zero_loss(), {}
     pixels = inputs[TL_PIXELS]
-    teacher_logits = _teacher_logits_on_pool(trainer, inputs)
-    network = _student_network(trainer, model)
+    teacher_logits = trainer.teacher_source.label(teacher_labelled_views(inputs))
+    network = trainer.student_network(model)
     keep = int(inputs[TL_KEEP]) if TL_KEEP in inputs else pixels.shape[0]
     if keep < pixels.shape[0]:
         was_training = network.training
-        network.eval()
+        network.train(getattr(args, "pick_scoring", "train") == "train" and was_training)
         try:
             with torch.no_grad():
-                pool_logits = _logits(trainer, network, pixels)
+                pool_logits = trainer.student_network_logits(network, pixels)
         finally:
             network.train(was_training)
-        picked = select_by_criterion(
-            pool_logits, teacher_logits, keep, args.pick_criterion, temperature=args.temperature
-        )
-        pixels, teacher_logits = pixels.index_select(0, picked), teacher_logits.index_select(0, picked)
-    student_logits = _logits(trainer, network, pixels)
-    kd = kd_loss(student_logits, teacher_logits, args.temperature)
-    return args.alpha * kd, {"kd_aug": kd}
+        scored_student, scored_teacher = pool_logits, teacher_logits
+        if args.logit_standardization:
+            scored_student, scored_teacher = (
+                standardize_logits(pool_logits),
+                standardize_logits(teacher_logits),
+            )
+        picked = select_pool(scored_student, scored_teacher, keep, args.pick_criterion, args.temperature)
+        pixels, teacher_logits = pixels.index_select(0, picked), select_teacher_rows(teacher_logits, picked)
+    student_logits = trainer.student_network_logits(network, pixels)
+    kd = trainer.kd(student_logits, teacher_logits, args.temperature)
+    return trainer.kd_weight(inputs) * kd, {"kd_aug": kd}
 
 
 def maybe_augment(collator: Any, args: Any, student_mean: tuple[float, ...], has_teacher: bool) -> Any:
@@ -345,11 +367,12 @@ def maybe_augment(collator: Any, args: Any, student_mean: tuple[float, ...], has
     return AugmentingCollator(
         base=collator,
         mode=mode,
-        mix_config=args.mix_config(),
+        mix_config=mix_config_of(args),
         cutout_fraction=args.cutout_fraction,
         cutout_fill=tuple(round(255.0 * m) for m in student_mean),
         pick=args.pick,
-        pick_pool_factor=args.pick_pool_factor,
+        pick_pool_size_factor=args.pick_pool_size_factor,
+        pick_keep_factor=args.pick_keep_factor,
     )
 
 
@@ -389,11 +412,80 @@ def validate_augmentation(config: Any, fail: Any) -> None:
             "pick",
             f"selects among teacher-labelled images; set augmentation_mode to 'tlcutmix' or 'tlmixup' (got {mode!r})",
         )
-    factor = config.pick_pool_factor
-    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor >= 1):
+    if config.pick_pool_factor is not None:
+        factor = config.pick_pool_factor
         fail(
             "pick_pool_factor",
-            f"must be a number >= 1 (pool size / kept images; 2.0 in the paper), got {factor!r}",
+            "was replaced by pick_pool_size_factor (pool / batch size N) and pick_keep_factor (kept / N); "
+            f"pick_pool_factor={factor!r} (a pool of {factor!r} x N/2, N/2 kept) is pick_pool_size_factor="
+            f"{factor / 2 if isinstance(factor, (int, float)) else factor!r}, pick_keep_factor=0.5. The defaults "
+            "(2.0, 1.0: a pool of 2N, N kept) are the authors' setting",
+        )
+    for name in ("pick_pool_size_factor", "pick_keep_factor"):
+        value = getattr(config, name)
+        if not (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        ):
+            fail(name, f"must be a finite number > 0 (a multiple of the batch size), got {value!r}")
+    if config.pick_keep_factor > config.pick_pool_size_factor:
+        fail(
+            "pick_keep_factor",
+            f"is {config.pick_keep_factor}, more than the pool (pick_pool_size_factor={config.pick_pool_size_factor}); "
+            "keep at most the pool (the authors: pool 2.0, keep 1.0)",
+        )
+    if config.pick_scoring not in PICK_SCORING:
+        fail(
+            "pick_scoring",
+            f"must be one of {list(PICK_SCORING)} ('train' is the authors'), got {config.pick_scoring!r}",
         )
     if config.pick_criterion not in PICK_CRITERIA:
         fail("pick_criterion", f"must be one of {list(PICK_CRITERIA)}, got {config.pick_criterion!r}")
+
+
+class AugmentationMethod(Method):
+    """The augmentation modes as a method: wraps the training collator; the TL modes add the KD-only loss
+    on the teacher-labelled images x'."""
+
+    name = "augmentation"
+
+    @classmethod
+    def enabled(cls, args: Any) -> bool:
+        return args.augmentation_mode != "none"
+
+    validate_config = staticmethod(validate_augmentation)
+
+    @classmethod
+    def needs(cls, args: Any) -> list[tuple[str, Needs]]:
+        mode = args.augmentation_mode
+        setting = f"augmentation_mode={mode!r}" + (" with pick" if args.pick else "")
+        if mode in TL_MODES:
+            kd = main_kd_needs(args)
+            return [
+                (
+                    setting,
+                    Needs(
+                        teacher=kd.teacher,
+                        temperature=kd.temperature,
+                        labels_new=True,
+                        teacher_view=True,  # x' is mixed in every view, the teacher's included
+                        why="labels the mixed images x' with the teacher"
+                        + (" and standardises its logits" if args.logit_standardization else ""),
+                    ),
+                )
+            ]
+        if mode != "none":  # the teacher must see the augmented image, so its outputs cannot be stored
+            return [(setting, Needs(teacher="none", live=True, why="changes the images the teacher labels"))]
+        return []
+
+    def wrap_collator(self, collator: Any, build: Build) -> Any:
+        return maybe_augment(
+            collator, self.args, build.student_preprocess.mean, has_teacher=build.teacher is not None
+        )
+
+    def extra_loss(self, step: Any, model: nn.Module, batch: dict[str, Tensor], student: Any, teacher: Any):
+        if not model.training or TL_PIXELS not in batch:
+            return None
+        return teacher_labelled_loss(step, model, batch, student)

@@ -27,7 +27,6 @@ the teacher's crop box, so every member sees the same pixels.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image as PILImage
+
+from .batch import SAMPLE_IDS, teacher_view_key
+from .batch import teacher_views as teacher_views  # re-exported: the views of a batch by resolution
+from .images import _decode_undecoded as _decode_undecoded  # re-exported
+from .images import finish_image, open_image
+from .images import to_rgb as to_rgb  # re-exported: the teacher cache and user code decode through it
+from .mixing import MixConfig, mix_batch, sample_mix_params
 
 CROPS = ("rs", "cc", "rc", "ic")
 TEACHER_INPUTS = (
@@ -52,24 +58,6 @@ TEACHER_INPUTS = (
 _RESAMPLE = {"bilinear": PILImage.BILINEAR, "bicubic": PILImage.BICUBIC, "nearest": PILImage.NEAREST}
 _STUDENT_STREAM, _TEACHER_STREAM = 0, 1
 _FIXED_STUDENT_CROP = {"rs": "rs", "cc": "rc", "ic_ens": "ic"}
-
-
-def teacher_view_key(size: int) -> str:
-    """Batch key of the extra teacher view at ``size`` pixels (teacher ensembles at several resolutions)."""
-    return f"teacher_pixel_values_{size}"
-
-
-def teacher_views(batch: dict[str, Any]) -> dict[int, torch.Tensor]:
-    """Every teacher view in a batch keyed by resolution: ``teacher_pixel_values`` (or, when the teacher
-    shares the student's pixels, ``pixel_values``) plus the extra ensemble views."""
-    main = batch.get("teacher_pixel_values")
-    main = main if main is not None else batch["pixel_values"]
-    views = {int(main.shape[-1]): main}
-    prefix = teacher_view_key(0)[:-1]
-    for key, value in batch.items():
-        if key.startswith(prefix) and key[len(prefix) :].isdigit():
-            views[int(key[len(prefix) :])] = value
-    return views
 
 
 @dataclass(frozen=True)
@@ -167,46 +155,56 @@ def eval_box(width: int, height: int) -> tuple[float, float, float, float]:
     return ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
 
 
-def _decode_undecoded(value: dict[str, Any]) -> PILImage.Image:
-    data, path = value.get("bytes"), value.get("path")
-    image = PILImage.open(io.BytesIO(data)) if data is not None else PILImage.open(path)
-    image.load()
-    return image
-
-
-def to_rgb(image: Any) -> PILImage.Image:
-    """Any PIL image (L, LA, P, RGBA, CMYK, I;16, I, F …) or array -> 8-bit RGB PIL image."""
-    if isinstance(image, dict) and ("bytes" in image or "path" in image):
-        image = _decode_undecoded(image)  # a datasets.Image(decode=False) value
-    if isinstance(image, np.ndarray):
-        image = PILImage.fromarray(image)
-    if not isinstance(image, PILImage.Image):
-        raise TypeError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        with np.errstate(invalid="ignore"):  # signalling-NaN pixels raise a flag when widened
-            array = np.asarray(image, dtype=np.float64)
-        finite = np.isfinite(array)  # NaN/inf pixels of float images become the darkest finite value
-        lo, hi = (float(array[finite].min()), float(array[finite].max())) if finite.any() else (0.0, 0.0)
-        array = np.where(finite, array, lo)
-        scaled = np.zeros_like(array) if hi <= lo else (array - lo) * (255.0 / (hi - lo))
-        image = PILImage.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
-    if image.mode == "La":  # premultiplied alpha: PIL converts it to LA only
-        image = image.convert("LA")
-    if image.mode in ("RGBA", "RGBa", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = PILImage.alpha_composite(background, rgba)
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
 def render_view(
-    image: PILImage.Image, params: ViewParams, size: int, interpolation: str = "bilinear"
+    image: PILImage.Image,
+    params: ViewParams,
+    size: int,
+    interpolation: str = "bilinear",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Crop ``params.box`` out of ``image`` and resize it to ``size``x``size`` in one resampling step;
-    returns a uint8 (3, size, size) tensor."""
+    returns a contiguous uint8 (3, size, size) tensor (``out`` when given: written in place)."""
     resized = image.resize((size, size), resample=_RESAMPLE[interpolation], box=params.box)
-    tensor = torch.from_numpy(np.array(resized, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-    return tensor.flip(-1) if params.flip else tensor
+    if params.flip:
+        resized = resized.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)
+    if out is None:
+        out = torch.empty((3, size, size), dtype=torch.uint8)
+    if resized.mode == "RGB" and out.is_contiguous():
+        # Straight from PIL's planes into the tensor: one copy, no HWC->CHW transpose.
+        planes = out.numpy().reshape(3, size * size)
+        for channel, band in enumerate("RGB"):
+            planes[channel] = np.frombuffer(resized.tobytes("raw", band), dtype=np.uint8)
+    else:
+        out.copy_(torch.from_numpy(np.array(resized.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1))
+    return out
+
+
+# A JPEG is decoded at 1/r of its size (r = 2, 4, 8) only when every view of the sample then still shrinks
+# its box by at least this factor: the final resampling keeps doing the anti-aliasing (PIL's
+# ``reducing_gap``), so the view stays within tests/test_render_speedups.py's tolerance of full decoding.
+JPEG_REDUCING_GAP = 2.0
+_REDUCIBLE = ("bilinear", "bicubic")  # nearest-neighbour views sample single pixels: never reduced
+
+
+def jpeg_reduction(views: list[tuple[tuple[float, float, float, float], int, str]]) -> int:
+    """The DCT-domain reduction (1, 2, 4 or 8) that every ``(box, size, interpolation)`` view allows: the
+    largest ``r`` with each box's shorter side at least ``JPEG_REDUCING_GAP * r * size`` pixels."""
+    reduction = 8
+    for box, size, interpolation in views:
+        if interpolation not in _REDUCIBLE:
+            return 1
+        side = min(box[2] - box[0], box[3] - box[1]) / size
+        while reduction > 1 and side < JPEG_REDUCING_GAP * reduction:
+            reduction //= 2
+    return reduction
+
+
+def scale_view(params: ViewParams, reduction: int) -> ViewParams:
+    """``params`` in the coordinates of an image decoded at 1/``reduction`` (see
+    :func:`hf_distill.images.finish_image`)."""
+    if reduction == 1:
+        return params
+    return ViewParams(tuple(c / reduction for c in params.box), params.flip)
 
 
 @dataclass
@@ -279,8 +277,9 @@ class DistillationCollator:
     # -- per batch ----------------------------------------------------------------------------------
     @property
     def emits_teacher_view(self) -> bool:
-        """Whether batches carry ``teacher_pixel_values`` (else the teacher reads ``pixel_values``)."""
-        if self.teacher_size is None or not self.mode.needs_teacher_view:
+        """Whether batches carry ``teacher_pixel_values`` (else the teacher reads ``pixel_values``). At
+        evaluation every mode's teacher sees the central view at its own resolution (fix/ic_ens included)."""
+        if self.teacher_size is None or (self.train and not self.mode.needs_teacher_view):
             return False
         same_pixels = (
             self.teacher_size == self.student_size
@@ -291,28 +290,34 @@ class DistillationCollator:
     @property
     def active_extra_sizes(self) -> tuple[int, ...]:
         """Ensemble resolutions that get a view of their own (none without a teacher view to render)."""
-        if self.teacher_size is None or not self.mode.needs_teacher_view:
+        if self.teacher_size is None or (self.train and not self.mode.needs_teacher_view):
             return ()
         return tuple(sorted({s for s in self.extra_teacher_sizes if s != self.teacher_size}))
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        from .reliability import load_image
-
         emit_teacher = self.emits_teacher_view
         extra_sizes = self.active_extra_sizes
-        student_views, teacher_views, sample_ids, labels = [], [], [], []
+        student_views, teacher_view_list, sample_ids, labels = [], [], [], []
         extra_views: dict[int, list[torch.Tensor]] = {size: [] for size in extra_sizes}
         for position, row in enumerate(rows):
             sample_id = int(row.get("sample_id", position))
-            image = load_image(row[self.image_column], sample_id, self.image_column)  # errors name the sample
+            # The header gives the size, the views follow; only then are pixels decoded, at the largest JPEG
+            # reduction every view allows. Errors name the sample.
+            image = open_image(row[self.image_column], sample_id, self.image_column)
             student, teacher = self.view_params(sample_id, *image.size)
-            student_views.append(render_view(image, student, self.student_size, self.student_interpolation))
+            views = [(student, self.student_size, self.student_interpolation)]
             if emit_teacher:
-                teacher_views.append(
-                    render_view(image, teacher, self.teacher_size, self.teacher_interpolation)
-                )
-            for size in extra_sizes:
-                extra_views[size].append(render_view(image, teacher, size, self.teacher_interpolation))
+                views.append((teacher, self.teacher_size, self.teacher_interpolation))
+            views += [(teacher, size, self.teacher_interpolation) for size in extra_sizes]
+            image, reduction = finish_image(
+                image, sample_id, self.image_column, jpeg_reduction([(p.box, s, i) for p, s, i in views])
+            )
+            rendered = [render_view(image, scale_view(p, reduction), s, i) for p, s, i in views]
+            student_views.append(rendered[0])
+            if emit_teacher:
+                teacher_view_list.append(rendered[1])
+            for size, view in zip(extra_sizes, rendered[1 + emit_teacher :]):
+                extra_views[size].append(view)
             sample_ids.append(sample_id)
             label = row.get(self.label_column) if self.label_column is not None else None
             if label is not None:
@@ -322,7 +327,7 @@ class DistillationCollator:
             "sample_ids": torch.tensor(sample_ids, dtype=torch.long),
         }
         if emit_teacher:
-            batch["teacher_pixel_values"] = torch.stack(teacher_views)
+            batch["teacher_pixel_values"] = torch.stack(teacher_view_list)
         for size in extra_sizes:
             batch[teacher_view_key(size)] = torch.stack(extra_views[size])
         if labels and len(labels) == len(rows):
@@ -339,14 +344,28 @@ class DistillationCollator:
         return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
     def _mix(self, batch: dict[str, torch.Tensor]) -> None:
-        from .mixing import MixConfig, apply_mix, sample_mix_params
-
         config = self.mix_config if self.mix_config is not None else MixConfig()
-        params = sample_mix_params(
-            len(batch["sample_ids"]), config, self.batch_generator(batch["sample_ids"])
+        mix_batch(
+            batch, sample_mix_params(len(batch[SAMPLE_IDS]), config, self.batch_generator(batch[SAMPLE_IDS]))
         )
-        keys = [k for k in batch if k == "pixel_values" or k.startswith("teacher_pixel_values")]
-        for key, mixed in zip(keys, apply_mix(params, *(batch[k] for k in keys))):
-            batch[key] = mixed
-        batch["mix_perm"] = params.perm
-        batch["mix_lam"] = params.lam.float()
+
+
+def validate_view_config(config: Any, fail: Any) -> None:
+    """Config check: the fields that decide the views (teacher_input, crop and its ranges, flip)."""
+    if config.teacher_input not in TEACHER_INPUTS:
+        fail("teacher_input", f"must be one of {list(TEACHER_INPUTS)}, got {config.teacher_input!r}")
+    if config.crop not in CROPS:
+        fail("crop", f"must be one of {list(CROPS)}, got {config.crop!r}")
+    if len(config.crop_scale) != 2 or not 0 < config.crop_scale[0] <= config.crop_scale[1] <= 1:
+        fail("crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {config.crop_scale!r}")
+    if len(config.crop_ratio) != 2 or not 0 < config.crop_ratio[0] <= config.crop_ratio[1]:
+        fail("crop_ratio", f"must be [min, max] with 0 < min <= max, got {config.crop_ratio!r}")
+    if not 0 < config.crop_fraction <= 1:
+        fail("crop_fraction", f"must be in (0, 1], got {config.crop_fraction!r}")
+    if not 0 <= config.hflip <= 1:
+        fail("hflip", f"is a probability and must be in [0, 1], got {config.hflip!r}")
+    if config.teacher_input == "fix/ic_ens" and not config.use_teacher_cache:
+        fail(
+            "use_teacher_cache",
+            "must be True for teacher_input='fix/ic_ens': the averaged teacher predictions are precomputed",
+        )

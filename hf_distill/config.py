@@ -4,14 +4,93 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
 
-from .collators import CROPS, TEACHER_INPUTS
-
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# Checks of fields that belong to one method or module, registered by hf_distill.registry: this module
+# imports no other module of the package, so every method keeps its checks next to its code.
+_VALIDATORS: list[Callable[[Any, Callable[[str, str], None]], None]] = []
+
+
+# Fields whose default is "the method's own" (None), filled in by the module that owns the choice before any
+# check runs (hf_distill.terms.resolve_kd_defaults: temperature and alpha).
+_RESOLVERS: list[Callable[[Any], None]] = []
+
+
+def register_resolver(resolve: Callable[[Any], None]) -> None:
+    """Add ``resolve(config)`` to what every ``DistillationConfig`` runs first in validation: it replaces
+    fields left at None by the value the configured method implies (and logs what it chose)."""
+    if resolve not in _RESOLVERS:
+        _RESOLVERS.append(resolve)
+
+
+def register_validator(validate: Callable[[Any, Callable[[str, str], None]], None]) -> None:
+    """Add ``validate(config, fail)`` to the checks every ``DistillationConfig`` runs in ``__post_init__``;
+    ``fail(field, message)`` raises ``ValueError("DistillationConfig.<field>: <message>")``."""
+    if validate not in _VALIDATORS:
+        _VALIDATORS.append(validate)
+
+
+def _check_output_dir(output_dir: Any, fail: Callable[[str, str], None]) -> None:
+    """``output_dir`` must be a directory or creatable as one: an existing file there (or above it) would
+    otherwise surface as a bare ``[Errno 17] File exists`` when the trainer creates the directory."""
+    if not output_dir:
+        return
+    path = os.path.abspath(os.path.expanduser(os.fspath(output_dir)))
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail(
+            "output_dir",
+            f"{output_dir!r} is an existing file, not a directory; give the path of a directory (created when "
+            "missing), or move the file away",
+        )
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if parent and os.path.exists(parent) and not os.path.isdir(parent):
+        fail(
+            "output_dir",
+            f"{output_dir!r} lies under {parent!r}, which is a file, not a directory; give a directory path",
+        )
+
+
+def _check_normalisation(config: Any, role: str, fail: Callable[[str, str], None]) -> None:
+    """``<role>_image_mean`` / ``<role>_image_std``: both or neither, 1 or 3 finite values, in units of 255."""
+    mean_name, std_name = f"{role}_image_mean", f"{role}_image_std"
+    mean, std = getattr(config, mean_name), getattr(config, std_name)
+    if (mean is None) != (std is None):
+        given, missing = (mean_name, std_name) if std is None else (std_name, mean_name)
+        fail(
+            missing,
+            f"is needed with {given}: give both (ImageNet: [0.485, 0.456, 0.406] / [0.229, 0.224, 0.225])",
+        )
+    for name, values in ((mean_name, mean), (std_name, std)):
+        if values is None:
+            continue
+        if isinstance(values, (int, float)):
+            values = [values]
+        if (
+            not isinstance(values, (list, tuple))
+            or len(values) not in (1, 3)
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+            )
+        ):
+            fail(name, f"must be a list of 1 or 3 finite numbers (one per RGB channel), got {values!r}")
+        if any(v > 1.5 for v in values):
+            fail(
+                name,
+                f"{list(values)} looks like 0-255 values; give fractions of 255 (e.g. 123.675 -> 0.485), as image "
+                "processors and timm do",
+            )
+        if name == std_name and any(v <= 0 for v in values):
+            fail(name, f"must be > 0 in every channel, got {list(values)}")
+        values = [float(v) for v in values]
+        setattr(config, name, values * 3 if len(values) == 1 else values)
 
 
 def _help(text: str) -> dict[str, str]:
@@ -61,12 +140,20 @@ class DistillationConfig(TrainingArguments):
         ),
     )
     # -- loss -----------------------------------------------------------------------------------------
-    temperature: float = field(default=4.0, metadata=_help("Softmax temperature tau of the KD term (> 0)."))
-    alpha: float = field(
-        default=0.9,
+    temperature: float | None = field(
+        default=None,
+        metadata=_help(
+            "Softmax temperature tau of the KD term (> 0). None: the method's default, chosen when the config "
+            "is validated and logged: 1.0 with teacher_input='funmatch' (Beyer et al. distil with KL alone at "
+            "T=1), else 4.0."
+        ),
+    )
+    alpha: float | None = field(
+        default=None,
         metadata=_help(
             "Weight of the KD term: loss = (1 - alpha) * CE + alpha * KD. 1.0 is KD only, 0.0 is CE "
-            "only. Without labels (unlabelled distillation data) the KD term gets weight 1."
+            "only. Without labels (unlabelled distillation data) the KD term gets weight 1. None: the method's "
+            "default, chosen at validation and logged: 1.0 with teacher_input='funmatch' (KL only), else 0.9."
         ),
     )
     loss_types: list[str] = field(
@@ -137,6 +224,31 @@ class DistillationConfig(TrainingArguments):
             "Resize interpolation for the student ('bilinear', 'bicubic'); default: the student's own."
         ),
     )
+    student_image_mean: list[float] | None = field(
+        default=None,
+        metadata=_help(
+            "Per-channel mean (fractions of 255, e.g. [0.485, 0.456, 0.406]) the student's pixels are "
+            "normalised with, with student_image_std. Default: the student's own (its image processor, timm "
+            "pretrained_cfg, or `processing_class=`); required for a student that carries none (a plain "
+            "nn.Module)."
+        ),
+    )
+    student_image_std: list[float] | None = field(
+        default=None,
+        metadata=_help("Per-channel std of the student's normalisation; see student_image_mean."),
+    )
+    teacher_image_mean: list[float] | None = field(
+        default=None,
+        metadata=_help(
+            "Per-channel mean the teacher's pixels are normalised with (every member of an ensemble), with "
+            "teacher_image_std. Default: the teacher's own (its image processor, timm pretrained_cfg, or "
+            "`teacher_processing_class=`); required for a teacher that carries none (a plain nn.Module)."
+        ),
+    )
+    teacher_image_std: list[float] | None = field(
+        default=None,
+        metadata=_help("Per-channel std of the teacher's normalisation; see teacher_image_mean."),
+    )
     image_column_name: str = field(default="image", metadata=_help("Dataset column holding the images."))
     label_column_name: str = field(
         default="label", metadata=_help("Dataset column holding the ClassLabel ids.")
@@ -145,14 +257,14 @@ class DistillationConfig(TrainingArguments):
     teacher_input: str = field(
         default="same",
         metadata=_help(
-            f"How the teacher's view relates to the student's: one of {list(TEACHER_INPUTS)} "
-            "(see hf_distill.collators)."
+            "How the teacher's view relates to the student's: one of fix/rs, fix/cc, fix/ic_ens, ind/rc, ind/ic, "
+            "same/rc, same/ic, funmatch, same, ind (see hf_distill.collators)."
         ),
     )
     crop: str = field(
         default="ic",
         metadata=_help(
-            f"Training crop of the student (and of the teacher in same/ind modes): one of {list(CROPS)} "
+            "Training crop of the student (and of the teacher in same/ind modes): one of rs, cc, rc, ic "
             "(rs resize, cc centre crop, rc random crop, ic inception crop)."
         ),
     )
@@ -175,7 +287,12 @@ class DistillationConfig(TrainingArguments):
     )
     cutmix_alpha: float = field(default=0.0, metadata=_help("CutMix Beta(alpha, alpha); 0 disables CutMix."))
     cutmix_minmax: list[float] | None = field(
-        default=None, metadata=_help("CutMix box area range [min, max], as in timm.")
+        default=None,
+        metadata=_help(
+            "CutMix box side range [min, max] as fractions of the image side (each side drawn uniformly in "
+            "[min, max)); when set, CutMix is on whatever cutmix_alpha is, and lam is the box-area complement, "
+            "as timm's cutmix_minmax."
+        ),
     )
     mix_prob: float = field(
         default=1.0, metadata=_help("Probability of mixing a batch/element (timm's `prob`).")
@@ -209,10 +326,33 @@ class DistillationConfig(TrainingArguments):
             "pick_criterion, scored without gradients inside the training step (TLCutMix+pick)."
         ),
     )
-    pick_pool_factor: float = field(
+    pick_pool_size_factor: float = field(
         default=2.0,
         metadata=_help(
-            "pick: pool size as a multiple of the N/2 kept images (2.0: a pool of N, as in the paper)."
+            "pick: size of the pool of mixed images, as a multiple of the batch size N (2.0: a pool of 2N, the "
+            "authors' two CutMix runs per batch, mix_n_run=2)."
+        ),
+    )
+    pick_keep_factor: float = field(
+        default=1.0,
+        metadata=_help(
+            "pick: mixed images kept for the gradient step, as a multiple of N (1.0: N of the 2N, the authors' "
+            "n_pick=64 at batch 64, i.e. the paper's N_p = half the pool); at most pick_pool_size_factor."
+        ),
+    )
+    pick_pool_factor: float | None = field(
+        default=None,
+        metadata=_help(
+            "Replaced by pick_pool_size_factor and pick_keep_factor (it set the pool as a multiple of N/2 kept "
+            "images); refused when set, with the equivalent values in the message."
+        ),
+    )
+    pick_scoring: str = field(
+        default="train",
+        metadata=_help(
+            "pick: mode of the student's no-grad scoring pass over the pool: 'train' (the authors': BatchNorm "
+            "uses the pool's batch statistics and the pass updates its running statistics, dropout active) or "
+            "'eval' (running statistics, untouched: each image's score independent of the rest of the pool)."
         ),
     )
     pick_criterion: str = field(
@@ -264,6 +404,15 @@ class DistillationConfig(TrainingArguments):
         metadata=_help(
             "Teacher ensembles: one input resolution per teacher (e.g. [224, 384]); default: each "
             "teacher's native size (or teacher_image_size)."
+        ),
+    )
+    teacher_ensemble_reduction: str = field(
+        default="logit_mean",
+        metadata=_help(
+            "Teacher ensembles: how the members' outputs enter the KD term. 'logit_mean' (the paper's 224 + 384 "
+            "logit average): KD against the mean of the logits; 'probability_mean': KD against the mean of the "
+            "tempered probabilities; 'kl_sum' (big_vision's trainer): one KD per member, summed (K times the "
+            "gradient of probability_mean, which matters with max_grad_norm)."
         ),
     )
     distill_dataset_name: str | None = field(
@@ -329,6 +478,14 @@ class DistillationConfig(TrainingArguments):
     slkd_weight: float = field(
         default=1.0, metadata=_help("Weight beta of the student's KD term towards the (fused) SL-T output.")
     )
+    slkd_ce_weight: float = field(
+        default=1.0,
+        metadata=_help(
+            "Weight of the student's own CE inside its SL-T branch: slkd_weight * (c * CE + KD(SL-T)). 1.0 is the "
+            "authors' code (CE_WEIGHT_CS=1: with alpha=0.9 the student's CE weighs 0.1 + 1.0 = 1.1 in all); 0.0 "
+            "makes the branch KD only."
+        ),
+    )
     slkd_fusion_weight: float = field(
         default=0.5,
         metadata=_help("With two SL-Ts, the fused logits are w * SL-T1 + (1 - w) * SL-T2; w in [0, 1]."),
@@ -343,18 +500,21 @@ class DistillationConfig(TrainingArguments):
     slkd_mode: str = field(
         default="parallel",
         metadata=_help(
-            "'parallel': SL-Ts and student update in every optimizer step; 'sequential': alternating phases "
-            "of `slkd_phase_steps` steps, SL-Ts first (student held), then the student (SL-Ts held)."
+            "'parallel' (the paper's SLKD): SL-Ts and student update in every optimizer step from one backward; "
+            "'sequential' (SLKD*, the authors' sequential trainer): in each step the SL-Ts first take an update "
+            "on the batch, then the student learns from them on the same batch; 'alternating': phases of "
+            "`slkd_phase_steps` whole optimizer steps, SL-Ts first (student held), then the student (SL-Ts held)."
         ),
     )
     slkd_phase_steps: int = field(
-        default=1, metadata=_help("Optimizer steps per phase in 'sequential' slkd_mode (>= 1).")
+        default=1, metadata=_help("Optimizer steps per phase in 'alternating' slkd_mode (>= 1).")
     )
     slkd_detach: bool = field(
         default=True,
         metadata=_help(
             "Detach the SL-T output in the student's KD(SL-T) term, so SL-Ts learn from the teacher only (the "
-            "paper's Eq. 2/5/6). False lets that term also pull the SL-Ts towards the student."
+            "paper's Eq. 2/5/6, the default). False is the authors' released code (no detach): that term also "
+            "pulls the SL-Ts towards the student (parallel mode)."
         ),
     )
     # -- scale and speed (see hf_distill.distributed) -------------------------------------------------
@@ -505,11 +665,13 @@ class DistillationConfig(TrainingArguments):
         super().__post_init__()
 
     def _validate(self) -> None:
-        from .losses import LOSSES
-
         def fail(name: str, message: str) -> None:
             raise ValueError(f"DistillationConfig.{name}: {message}")
 
+        _check_output_dir(self.output_dir, fail)
+        # Fields left at None ("the method's default") are filled in before any check reads them.
+        for resolve in _RESOLVERS:
+            resolve(self)
         if not (
             isinstance(self.temperature, (int, float))
             and math.isfinite(self.temperature)
@@ -529,39 +691,14 @@ class DistillationConfig(TrainingArguments):
         for weight in self.loss_weights:
             if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
                 fail("loss_weights", f"weights must be finite and >= 0, got {weight!r}")
-        names = []
-        for loss in self.loss_types:
-            if callable(loss):
-                names.append(getattr(loss, "__name__", repr(loss)))
-            elif loss not in LOSSES:
-                fail("loss_types", f"unknown loss '{loss}'; known: {sorted(LOSSES)} (or pass a callable)")
-            else:
-                names.append(loss)
-        if len(set(names)) != len(names):
-            fail("loss_types", f"lists a loss twice: {names}")
-        for name, params in self.loss_kwargs.items():
-            if name not in names:
-                fail("loss_kwargs", f"has parameters for '{name}', which is not in loss_types {names}")
-            if not isinstance(params, dict):
-                fail("loss_kwargs", f"entry '{name}' must be a dict of parameters, got {params!r}")
         for name in ("image_size", "teacher_image_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 fail(name, f"must be a positive integer (pixels), got {value!r}")
         if self.interpolation is not None and self.interpolation not in _INTERPOLATIONS:
             fail("interpolation", f"must be one of {list(_INTERPOLATIONS)}, got {self.interpolation!r}")
-        if self.teacher_input not in TEACHER_INPUTS:
-            fail("teacher_input", f"must be one of {list(TEACHER_INPUTS)}, got {self.teacher_input!r}")
-        if self.crop not in CROPS:
-            fail("crop", f"must be one of {list(CROPS)}, got {self.crop!r}")
-        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            fail("crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {self.crop_scale!r}")
-        if len(self.crop_ratio) != 2 or not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            fail("crop_ratio", f"must be [min, max] with 0 < min <= max, got {self.crop_ratio!r}")
-        if not 0 < self.crop_fraction <= 1:
-            fail("crop_fraction", f"must be in (0, 1], got {self.crop_fraction!r}")
-        if not 0 <= self.hflip <= 1:
-            fail("hflip", f"is a probability and must be in [0, 1], got {self.hflip!r}")
+        for role in ("student", "teacher"):
+            _check_normalisation(self, role, fail)
         if self.teacher_dtype is not None and self.teacher_dtype not in ("bfloat16", "float16", "float32"):
             fail("teacher_dtype", f"must be 'bfloat16', 'float16' or 'float32', got {self.teacher_dtype!r}")
         if self.teacher_placement not in ("auto", "replicate", "shard"):
@@ -569,84 +706,18 @@ class DistillationConfig(TrainingArguments):
                 "teacher_placement",
                 f"must be 'auto', 'replicate' or 'shard', got {self.teacher_placement!r}",
             )
-        # feature, relational and online methods
-        if self.feature_layout not in ("map", "vector"):
-            fail("feature_layout", f"must be 'map' or 'vector', got {self.feature_layout!r}")
         self.student_feature_layers = [str(v) for v in self.student_feature_layers]
         self.teacher_feature_layers = [str(v) for v in self.teacher_feature_layers]
-        feature_terms = [n for n in names if getattr(LOSSES.get(n), "needs_features", False)]
-        if feature_terms and not self.student_feature_layers:
-            fail(
-                "student_feature_layers",
-                f"is empty but {feature_terms} compare features; name the layers to tap",
-            )
-        if len(self.student_feature_layers) != len(self.teacher_feature_layers):
-            fail(
-                "teacher_feature_layers",
-                f"has {len(self.teacher_feature_layers)} entries but student_feature_layers has "
-                f"{len(self.student_feature_layers)}; give one teacher layer per student layer",
-            )
-        if ("dml" in names) != bool(self.peer_model_names_or_paths):
-            fail(
-                "peer_model_names_or_paths",
-                "and loss_types 'dml' go together: DML needs at least one peer, and peers train only with 'dml'",
-            )
-        try:
-            self.mix_config().validate()
-        except ValueError as error:  # MixConfig speaks timm's names; report the config field
-            mix_field = str(error).split(" ", 1)[0]
-            renamed = {"prob": "mix_prob", "mode": "mix_mode", "label_smoothing": "label_smoothing_factor"}
-            fail(renamed.get(mix_field, mix_field), str(error).split(" ", 1)[1])
         if self.max_train_samples is not None and self.max_train_samples < 1:
             fail("max_train_samples", f"must be >= 1 or None (no truncation), got {self.max_train_samples!r}")
         if self.save_on_sigterm and self.enable_jit_checkpoint:
             fail("save_on_sigterm", "and enable_jit_checkpoint both handle SIGTERM; set only one of them")
-        from .augment import validate_augmentation
-
-        validate_augmentation(self, fail)  # augmentation_mode, cutout_fraction, pick*
-        from .deit import DEIT_MODES
-
-        if self.deit_distillation not in DEIT_MODES:
-            fail("deit_distillation", f"must be one of {list(DEIT_MODES)}, got {self.deit_distillation!r}")
-        if self.deit_distillation != "none" and self.alpha == 0.0:
-            fail(
-                "alpha",
-                f"is 0 with deit_distillation={self.deit_distillation!r}, so the distillation head would never "
-                "train; set alpha > 0 (0.5 is DeiT's hard-distillation weight) or deit_distillation='none'",
-            )
-        from .optim import OPTIMIZERS
-
-        if self.optimizer_name not in OPTIMIZERS:
-            fail("optimizer_name", f"must be one of {list(OPTIMIZERS)}, got {self.optimizer_name!r}")
-        if self.teacher_input == "fix/ic_ens" and not self.use_teacher_cache:
-            fail(
-                "use_teacher_cache",
-                "must be True for teacher_input='fix/ic_ens': the averaged teacher predictions are precomputed",
-            )
+        for validate in _VALIDATORS:  # each method's and module's own fields (hf_distill.registry)
+            validate(self, fail)
         if self.teacher_cache_topk is not None and (
             not isinstance(self.teacher_cache_topk, int) or self.teacher_cache_topk < 1
         ):
             fail("teacher_cache_topk", f"must be a positive integer or None, got {self.teacher_cache_topk!r}")
-        if not isinstance(self.label_bank_records, int) or self.label_bank_records < 1:
-            fail("label_bank_records", f"must be a positive integer, got {self.label_bank_records!r}")
-        if self.label_bank_in_memory not in (None, True, False):
-            fail(
-                "label_bank_in_memory",
-                f"must be true, false or null (auto), got {self.label_bank_in_memory!r}",
-            )
-        if not isinstance(self.label_bank_shard_size, int) or self.label_bank_shard_size < 1:
-            fail("label_bank_shard_size", f"must be a positive integer, got {self.label_bank_shard_size!r}")
-        if self.label_bank_topk is not None and (
-            not isinstance(self.label_bank_topk, int) or self.label_bank_topk < 1
-        ):
-            fail(
-                "label_bank_topk",
-                f"must be a positive integer or None (full logits), got {self.label_bank_topk!r}",
-            )
-        if self.teacher_label_bank is not None:
-            from .label_bank import refuse_unrepresentable
-
-            refuse_unrepresentable(self)  # modes and terms that need the live teacher
         if not isinstance(self.ic_ens_crops, int) or self.ic_ens_crops < 1:
             fail("ic_ens_crops", f"must be a positive integer, got {self.ic_ens_crops!r}")
         if self.teacher_image_sizes is not None:
@@ -660,35 +731,14 @@ class DistillationConfig(TrainingArguments):
                     f"has {len(self.teacher_image_sizes)} entries but teacher_model_name_or_path lists "
                     f"{count} teachers; give one size per teacher",
                 )
-        from .slkd import validate_slkd_config
-
-        validate_slkd_config(self, fail)
         if not isinstance(self.card_throughput_batches, int) or self.card_throughput_batches < 0:
             fail(
                 "card_throughput_batches",
                 f"must be an integer >= 0 (0 skips timing), got {self.card_throughput_batches!r}",
             )
-        from .release import check_push_settings
-
-        # push_to_hub without a repo id / token / network: fail before training
-        check_push_settings(self, fail)
         if self.dataloader_persistent_workers:
             fail(
                 "dataloader_persistent_workers",
                 "is not supported: augmentation randomness follows the epoch, which persistent workers would not "
                 "see; set it to False (workers then restart each epoch)",
             )
-
-    def mix_config(self):
-        """The batch-mixing parameters as a :class:`hf_distill.mixing.MixConfig`."""
-        from .mixing import MixConfig
-
-        return MixConfig(
-            mixup_alpha=self.mixup_alpha,
-            cutmix_alpha=self.cutmix_alpha,
-            cutmix_minmax=tuple(self.cutmix_minmax) if self.cutmix_minmax else None,
-            prob=self.mix_prob,
-            switch_prob=self.switch_prob,
-            mode=self.mix_mode,
-            label_smoothing=self.label_smoothing_factor,
-        )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
+from torch import Tensor
 
 DIGITS_DATASET_ID = "sklearn/digits"
 
@@ -44,3 +48,26 @@ def class_names(dataset: Dataset, label_column: str = "label") -> list[str]:
             "DistillationConfig.label_column_name at the ClassLabel column"
         )
     return list(feature.names)
+
+
+def train_labels_by_sample_id(dataset: Any, label_column: str = "label") -> Tensor | None:
+    """The class label of every training sample as a ``(len(dataset),)`` long tensor indexed by sample id (the
+    ``sample_id`` column when the dataset has one, else the row position), which CRD's exact negative
+    sampling needs. ``None`` when there are none to give: no dataset, not a map-style ``datasets.Dataset``,
+    no ``label_column``, or some sample unlabelled (label < 0)."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None or label_column not in columns or not hasattr(dataset, "__len__"):
+        return None  # no dataset, no labels, or a stream (IterableDataset) that cannot be read up front
+    labels = torch.as_tensor(list(dataset[label_column]), dtype=torch.long)
+    if labels.dim() != 1 or bool((labels < 0).any()):
+        return None
+    if "sample_id" not in columns:
+        return labels
+    ids = torch.as_tensor(list(dataset["sample_id"]), dtype=torch.long)
+    if ids.numel() and (
+        int(ids.min()) < 0 or int(ids.max()) >= len(labels) or torch.unique(ids).numel() != ids.numel()
+    ):
+        return None  # ids that do not index the memory bank; the CRD module refuses them itself
+    by_id = torch.empty_like(labels)
+    by_id[ids] = labels
+    return by_id

@@ -26,10 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import DeiTForImageClassificationWithTeacher
 
-from .losses import ModelOutputs, kd_loss
+from .contract import TEACHER_LOGITS, TEACHER_PROBABILITIES, Needs
+from .losses import LOSSES, ModelOutputs, kd_loss
+from .method import Build, Method
 
 DEIT_MODES = ("none", "soft", "hard")
 # Key of ModelOutputs.auxiliary under which the two heads travel from the forward to the loss.
@@ -62,8 +66,6 @@ def has_distillation_head(model: nn.Module, library: str) -> bool:
     if library == "timm":
         return hasattr(model, "set_distilled_training") and hasattr(model, "head_dist")
     if library == "transformers":
-        from transformers import DeiTForImageClassificationWithTeacher
-
         return isinstance(model, DeiTForImageClassificationWithTeacher)
     return False
 
@@ -135,6 +137,7 @@ def deit_loss(
     alpha: float,
     temperature: float,
     cross_entropy: Callable[[Tensor, Tensor], Tensor] | None = None,
+    kd: Callable[[Tensor, Tensor, float], Tensor] = kd_loss,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``(1 - alpha) * CE(cls head, labels) + alpha * distill(dist head, teacher)`` and its terms.
 
@@ -142,7 +145,8 @@ def deit_loss(
     Without labels (unlabelled distillation data) the distillation term gets weight 1, as the plain KD
     term does. ``cross_entropy(logits, labels)`` defaults to ``F.cross_entropy`` in fp32; the trainer
     passes its own (label smoothing, mixed labels). Terms are returned as ``ce`` and
-    ``deit_soft``/``deit_hard``.
+    ``deit_soft``/``deit_hard``. ``kd`` is the soft term's KD (the trainer passes its own, so
+    ``logit_standardization`` applies to the distillation head too).
     """
     heads: DeiTHeads | None = student.auxiliary.get(DEIT_HEADS)
     if heads is None:
@@ -162,10 +166,86 @@ def deit_loss(
         total = total + (1.0 - alpha) * terms["ce"]
     if distill_weight > 0.0:
         if mode == "soft":
-            terms["deit_soft"] = deit_soft_loss(heads.distillation_logits, teacher.logits, temperature)
+            terms["deit_soft"] = kd(heads.distillation_logits, teacher.logits, temperature)
         elif mode == "hard":
             terms["deit_hard"] = deit_hard_loss(heads.distillation_logits, teacher.logits)
         else:
             raise ValueError(f"deit_loss: mode must be 'soft' or 'hard', got {mode!r}")
         total = total + distill_weight * terms[f"deit_{mode}"]
     return total, terms
+
+
+class DeiTMethod(Method):
+    """DeiT token distillation as a method: the student's forward returns both heads, and the base loss is
+    CE on the class head plus the teacher on the distillation head (:func:`deit_loss`)."""
+
+    name = "deit"
+    replaces_base_loss = True
+
+    @classmethod
+    def enabled(cls, args: Any) -> bool:
+        return args.deit_distillation != "none"
+
+    @staticmethod
+    def validate_config(config: Any, fail: Callable[[str, str], None]) -> None:
+        if config.deit_distillation not in DEIT_MODES:
+            fail("deit_distillation", f"must be one of {list(DEIT_MODES)}, got {config.deit_distillation!r}")
+        if config.deit_distillation != "none" and config.alpha == 0.0:
+            fail(
+                "alpha",
+                f"is 0 with deit_distillation={config.deit_distillation!r}, so the distillation head would never "
+                "train; set alpha > 0 (0.5 is DeiT's hard-distillation weight) or deit_distillation='none'",
+            )
+
+    @classmethod
+    def needs(cls, args: Any) -> list[tuple[str, Needs]]:
+        setting = f"deit_distillation={args.deit_distillation!r}"
+        if args.deit_distillation == "hard":  # argmax of the teacher: any tempered probabilities will do
+            return [(setting, Needs(teacher=TEACHER_PROBABILITIES, why="takes the teacher's argmax"))]
+        if args.logit_standardization:
+            return [(setting, Needs(teacher=TEACHER_LOGITS, why="standardises the teacher's logits"))]
+        why = "reads the teacher's tempered probabilities"
+        return [(setting, Needs(teacher=TEACHER_PROBABILITIES, temperature=float(args.temperature), why=why))]
+
+    @classmethod
+    def refuse(cls, args: Any) -> str | None:
+        setting = f"deit_distillation={args.deit_distillation!r}"
+        features = [t for t in args.loss_types if getattr(LOSSES.get(t, t), "needs_features", False)]
+        if features or args.peer_model_names_or_paths or args.slkd_num_teachers:
+            return (
+                f"{setting} does not combine with feature terms, DML peers or SLKD (the DeiT heads bypass the "
+                "wrapper those modules run in); drop those settings or set deit_distillation='none'"
+            )
+        if args.augmentation_mode in ("tlmixup", "tlcutmix"):
+            return (
+                f"{setting} with augmentation_mode={args.augmentation_mode!r}: the paper gives the teacher-labelled "
+                "images x' no head to train; use augmentation_mode 'mixup'/'cutmix' or deit_distillation='none'"
+            )
+        return None
+
+    def prepare_student(self, build: Build) -> None:
+        prepare_deit_student(build.student.module, build.student.library, self.args.deit_distillation)
+
+    def student_outputs(self, step: Any, model: nn.Module, pixels: Tensor) -> ModelOutputs:
+        # both heads; logits = their average, as at inference
+        return deit_student_outputs(model, pixels, step.student_library, **step.student_kwargs)
+
+    def base_loss(self, step: Any, student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, Tensor]):
+        if DEIT_HEADS not in student.auxiliary:
+            return None
+        if teacher.logits is None:  # evaluation without a teacher (a label bank's run): the class head's CE
+            labels = batch.get("labels")
+            if labels is None:
+                return student.logits.new_zeros((), dtype=torch.float32), {}
+            ce = step.cross_entropy(student.auxiliary[DEIT_HEADS].cls_logits, labels, batch)
+            return ce, {"ce": ce}
+        return deit_loss(
+            student,
+            teacher,
+            batch.get("labels"),
+            mode=self.args.deit_distillation,
+            alpha=self.args.alpha,
+            temperature=self.args.temperature,
+            cross_entropy=lambda logits, labels: step.cross_entropy(logits, labels, batch),
+            kd=step.kd,
+        )

@@ -31,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data import train_labels_by_sample_id  # noqa: F401  (re-exported: CRD's exact sampling needs it)
 from .hub import forward_logits, logits_of
-from .losses import CRDLoss, ModelOutputs, VIDLoss
+from .losses import LOSSES, CRDLoss, ModelOutputs, VIDLoss
+from .method import Build, Method
 from .teacher import patch_size_of
 
 PRE_LOGITS = "pre_logits"
@@ -236,19 +238,72 @@ def probe_feature_shapes(
 # ---------------------------------------------------------------------------------------------------------
 
 
+FITNET_REGRESSORS = ("conv", "1x1")
+
+
+def conv_regressor(
+    student_shape: Sequence[int], teacher_shape: Sequence[int], relu: bool = True
+) -> nn.Sequential:
+    """FitNets' convolutional regressor (Romero et al., ICLR 2015), as the public code builds it (RepDistiller /
+    mdistiller ``ConvReg``): a convolution whose output has the teacher hint's channels *and* spatial size,
+    then BatchNorm and (``relu``) a ReLU, the non-linearity of the hint it regresses onto.
+
+    For a student (guided) map of ``h_s x w_s`` and a teacher (hint) map of ``h_t x w_t``:
+
+    * ``h_s = 2 h_t``: 3x3 convolution, stride 2, padding 1;
+    * ``2 h_s = h_t``: 4x4 transposed convolution, stride 2, padding 1;
+    * ``h_s >= h_t`` (and ``w_s >= w_t``): the paper's "valid" convolution with a
+      ``(h_s - h_t + 1) x (w_s - w_t + 1)`` kernel (1x1 for equal sizes);
+    * otherwise: the transposed counterpart, a ``(h_t - h_s + 1) x (w_t - w_s + 1)`` transposed
+      convolution (the public code refuses this case).
+    """
+    (_, c_s, h_s, w_s), (_, c_t, h_t, w_t) = tuple(student_shape), tuple(teacher_shape)
+    if h_s == 2 * h_t and w_s == 2 * w_t:
+        conv: nn.Module = nn.Conv2d(c_s, c_t, kernel_size=3, stride=2, padding=1)
+    elif 2 * h_s == h_t and 2 * w_s == w_t:
+        conv = nn.ConvTranspose2d(c_s, c_t, kernel_size=4, stride=2, padding=1)
+    elif h_s >= h_t and w_s >= w_t:
+        conv = nn.Conv2d(c_s, c_t, kernel_size=(h_s - h_t + 1, w_s - w_t + 1))
+    elif h_s <= h_t and w_s <= w_t:
+        conv = nn.ConvTranspose2d(c_s, c_t, kernel_size=(h_t - h_s + 1, w_t - w_s + 1))
+    else:
+        raise ValueError(
+            f"the conv regressor cannot map a {h_s}x{w_s} student map onto a {h_t}x{w_t} teacher map (one side "
+            "larger, the other smaller); tap other layers or use loss_kwargs: {fitnet: {regressor: '1x1'}}"
+        )
+    layers = [conv, nn.BatchNorm2d(c_t)]
+    return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
+
+
 class Projector(nn.Module):
     """FitNet regressor: maps one student feature to the shape of the paired teacher feature.
 
-    Maps -> maps: 1x1 convolution + BatchNorm (then resized to the teacher's spatial size: adaptive
-    average pooling when the student map is larger, bilinear upsampling when smaller). Maps -> vectors:
-    spatial mean then a linear layer. Vectors -> vectors: a linear layer.
+    Maps -> maps, ``regressor="conv"`` (default): the paper's convolutional regressor,
+    :func:`conv_regressor` (conv + BatchNorm + ReLU, output already at the teacher's size; ``relu=False``
+    drops the ReLU, e.g. for ViT tokens, which are not non-negative). ``regressor="1x1"``: a 1x1
+    convolution + BatchNorm, then resized to the teacher's spatial size (adaptive average pooling when the
+    student map is larger, bilinear upsampling when smaller). Maps -> vectors: spatial mean then a linear
+    layer. Vectors -> vectors: a linear layer.
     """
 
-    def __init__(self, student_shape: Sequence[int], teacher_shape: Sequence[int]):
+    def __init__(
+        self,
+        student_shape: Sequence[int],
+        teacher_shape: Sequence[int],
+        regressor: str = "conv",
+        relu: bool = True,
+    ):
         super().__init__()
+        if regressor not in FITNET_REGRESSORS:
+            raise ValueError(
+                f"loss_kwargs['fitnet']['regressor'] must be one of {list(FITNET_REGRESSORS)}, got {regressor!r}"
+            )
         self.student_shape = tuple(student_shape[1:])
         self.teacher_shape = tuple(teacher_shape[1:])
-        if len(student_shape) == 4 and len(teacher_shape) == 4:
+        self.regressor = regressor
+        if len(student_shape) == 4 and len(teacher_shape) == 4 and regressor == "conv":
+            self.proj = conv_regressor(student_shape, teacher_shape, relu=relu)
+        elif len(student_shape) == 4 and len(teacher_shape) == 4:
             self.proj = nn.Sequential(
                 nn.Conv2d(student_shape[1], teacher_shape[1], kernel_size=1, bias=False),
                 nn.BatchNorm2d(teacher_shape[1]),
@@ -295,10 +350,12 @@ class FeatureProjectors(nn.Module):
     """One :class:`Projector` per used layer pair; ``forward`` returns the projected student features as
     ``{pair index: tensor}`` (what the ``fitnet`` term compares with the teacher's)."""
 
-    def __init__(self, student_shapes, teacher_shapes, pairs: Sequence[int]):
+    def __init__(
+        self, student_shapes, teacher_shapes, pairs: Sequence[int], regressor: str = "conv", relu: bool = True
+    ):
         super().__init__()
         self.projectors = nn.ModuleDict(
-            {str(i): Projector(student_shapes[i], teacher_shapes[i]) for i in pairs}
+            {str(i): Projector(student_shapes[i], teacher_shapes[i], regressor, relu) for i in pairs}
         )
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict) -> dict[int, Tensor]:
@@ -439,10 +496,14 @@ def build_feature_modules(
     terms: Sequence[tuple[str, Callable, float, dict[str, Any]]],
     num_train_samples: int | None,
     seed: int = 0,
+    train_labels: Tensor | Sequence[int] | None = None,
 ) -> dict[str, nn.Module]:
     """The trainable modules the configured feature terms need (named after their term): ``fitnet``
     projectors, ``vid`` regressors, the ``crd`` embeddings and memory bank. Also checks every feature
-    term's parameters and the shapes it will see, so mistakes surface before training."""
+    term's parameters and the shapes it will see, so mistakes surface before training.
+
+    ``train_labels`` (see :func:`train_labels_by_sample_id`) is the class of every training sample, by
+    sample id; the ``crd`` term's default ``negative_sampling: exact`` needs it."""
     count = len(taps.student_shapes)
     modules: dict[str, nn.Module] = {}
     s_shapes, t_shapes = taps.student_shapes, taps.teacher_shapes
@@ -452,7 +513,11 @@ def build_feature_modules(
         _check_params(name, fn, params)
         if name == "fitnet":
             modules[name] = FeatureProjectors(
-                s_shapes, t_shapes, _pair_indices(params.get("pairs"), count, "all")
+                s_shapes,
+                t_shapes,
+                _pair_indices(params.get("pairs"), count, "all"),
+                regressor=params.get("regressor", "conv"),
+                relu=params.get("regressor_relu", True),
             )
         elif name == "vid":
             pairs = _pair_indices(params.get("pairs"), count, "all")
@@ -462,6 +527,15 @@ def build_feature_modules(
             if not num_train_samples:
                 raise ValueError(
                     "the crd term needs a train_dataset (its memory bank holds one row per sample)"
+                )
+            sampling = params.get("negative_sampling", "exact")
+            if sampling == "exact" and train_labels is None:
+                raise ValueError(
+                    "DistillationConfig.loss_kwargs['crd']: negative_sampling='exact' (the default, as the CRD "
+                    "authors' code) draws each sample's negatives from the other classes and needs the class "
+                    "label of every training sample, but the train_dataset gives none (no label column, or "
+                    "unlabelled samples); set loss_kwargs: {crd: {negative_sampling: uniform}} to draw "
+                    "negatives uniformly from all samples"
                 )
             (pair,) = _pair_indices(params.get("pair"), count, "last")
             s_dim, t_dim = math.prod(s_shapes[pair][1:]), math.prod(t_shapes[pair][1:])
@@ -475,6 +549,8 @@ def build_feature_modules(
                 nce_temperature=params.get("nce_temperature", 0.07),
                 momentum=params.get("momentum", 0.5),
                 seed=seed,
+                negative_sampling=sampling,
+                train_labels=train_labels if sampling == "exact" else None,
             )
         elif name == "fsp":
             for i in _pair_indices(params.get("pairs"), count, "all"):
@@ -492,3 +568,69 @@ def build_feature_modules(
                         f"shapes {tuple(s_shapes[i][1:])} and {tuple(t_shapes[i][1:])} (use feature_layout='map')"
                     )
     return modules
+
+
+# ------------------------------------------------------------------------------------------------- method
+def _feature_term_names(args: Any) -> list[str]:
+    return [
+        t if isinstance(t, str) else getattr(t, "__name__", "custom")
+        for t in args.loss_types
+        if needs_features(LOSSES.get(t) if isinstance(t, str) else t)
+    ]
+
+
+class FeatureMethod(Method):
+    """Feature, relational and contrastive terms as a method: taps on both models (the student's inside
+    ``Trainer.model``'s forward, the teacher's in the teacher source's forward) and the trainable modules
+    the terms need (projectors, VID regressors, the CRD memory)."""
+
+    name = "features"
+    default_exports = {"feature_taps": None}
+
+    @classmethod
+    def enabled(cls, args: Any) -> bool:
+        return bool(_feature_term_names(args))
+
+    @staticmethod
+    def validate_config(config: Any, fail: Callable[[str, str], None]) -> None:
+        if config.feature_layout not in FEATURE_LAYOUTS:
+            fail("feature_layout", f"must be 'map' or 'vector', got {config.feature_layout!r}")
+        feature_terms = _feature_term_names(config)
+        if feature_terms and not config.student_feature_layers:
+            fail(
+                "student_feature_layers",
+                f"is empty but {feature_terms} compare features; name the layers to tap",
+            )
+        if len(config.student_feature_layers) != len(config.teacher_feature_layers):
+            fail(
+                "teacher_feature_layers",
+                f"has {len(config.teacher_feature_layers)} entries but student_feature_layers has "
+                f"{len(config.student_feature_layers)}; give one teacher layer per student layer",
+            )
+
+    def __init__(self, args: Any):
+        super().__init__(args)
+        self.taps: FeatureTaps | None = None
+
+    def check(self, build: Build) -> None:
+        self.taps = build_feature_taps(
+            self.args,
+            build.student.module,
+            build.student.library,
+            build.student_preprocess.image_size,
+            build.student_kwargs,
+            build.teacher,
+            build.terms,
+        )
+        if self.taps is not None:
+            build.student_tap, build.teacher_tap = self.taps.student, self.taps.teacher
+
+    def auxiliary_modules(self, build: Build) -> dict[str, nn.Module]:
+        if self.taps is None:
+            return {}
+        return build_feature_modules(
+            self.taps, build.terms, build.num_train_samples, self.args.seed, train_labels=build.train_labels
+        )
+
+    def exports(self, trainer: Any) -> dict[str, Any]:
+        return {"feature_taps": self.taps}

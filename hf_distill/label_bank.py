@@ -44,8 +44,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import teacher_cache
+from .batch import BANK_LOGITS, BANK_ROWS
 from .collators import AugmentationConfig, DistillationCollator, ViewParams, render_view, sample_generator
-from .mixing import MixConfig, MixParams, apply_mix, sample_mix_params
+from .contract import Provides
+from .images import load_image, to_rgb
+from .losses import ModelOutputs
+from .mixing import MixConfig, MixParams, apply_mix, mix_config_of, sample_mix_params
+from .release import _stage
+from .teacher import TeacherSource
+from .teacher_cache import _teacher_identity, teacher_sizes, topk_compress, topk_expand
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -391,8 +400,6 @@ class LabelBank:
 
     def _expand(self, stored: dict[str, Any]) -> Tensor:
         """fp32 logits from the stored columns of some rows (full fp16 logits, or top-k + tail logit)."""
-        from .teacher_cache import topk_expand
-
         if "logits" in stored:
             return self._output_tensor("logits", stored).float()
         values, indices, tail = (
@@ -509,9 +516,6 @@ def push_label_bank(
     (and ``teacher_label_bank=repo_id``) reads it back. Returns the ``CommitInfo``."""
     from huggingface_hub import HfApi
 
-    from . import __version__
-    from .release import _stage
-
     names = bank_files(path)
     meta = json.loads(Path(path, METADATA_NAME).read_text())
     api = HfApi(library_name="hf_distill", library_version=__version__)
@@ -606,8 +610,6 @@ def generate_label_bank(
     from datasets import Dataset, concatenate_datasets, load_from_disk
     from tqdm.auto import tqdm
 
-    from .teacher_cache import _teacher_forward, _teacher_identity, teacher_sizes, topk_compress
-
     if teacher_input not in BANK_TEACHER_INPUTS:
         raise ValueError(
             f"teacher_input='{teacher_input}' cannot be held by a label bank (it holds one view per record: "
@@ -679,8 +681,6 @@ def generate_label_bank(
     )
 
     def image_at(position: int) -> Any:
-        from .collators import to_rgb
-
         return to_rgb(images_only[position][image_column])
 
     for shard in todo:
@@ -710,7 +710,8 @@ def generate_label_bank(
                 for size in sizes
             }
             with torch.no_grad():
-                outputs.append(_teacher_forward(teacher, views).float().cpu())
+                # looked up on the module at call time, so the teacher forward can be observed in tests
+                outputs.append(teacher_cache._teacher_forward(teacher, views).float().cpu())
             bar.update(len(chunk))
         logits = torch.cat(outputs)
         num_classes = logits.shape[-1]
@@ -796,17 +797,16 @@ class LabelBankCollator(DistillationCollator):
         """The partner images (None where a record is not mixed) and labels. Decoded partners are kept in a
         small LRU cache (``partner_cache_bytes``): a partner is an extra image per sample that the live
         collator never decodes, and decoding dominates the collator's cost on small images."""
-        from .reliability import load_image
-
         wanted = [r.partner_id for r in records if r.mixed]
         found = {s: self._cache[s] for s in wanted if s in self._cache}
         missing = [s for s in dict.fromkeys(wanted) if s not in found]
         if missing:
-            if self._partner_data is None:
-                columns = [self.image_column] + ([self.label_column] if self.label_column else [])
+            labelled = bool(self.label_column) and self.label_column in self.dataset.column_names
+            if self._partner_data is None:  # unlabelled data: the partners have images only
+                columns = [self.image_column] + ([self.label_column] if labelled else [])
                 self._partner_data = self.dataset.select_columns(columns)
             rows = self._partner_data[[self._positions.get(s, s) for s in missing]]
-            labels = rows[self.label_column] if self.label_column else [None] * len(missing)
+            labels = rows[self.label_column] if labelled else [None] * len(missing)
             for sample_id, value, label in zip(missing, rows[self.image_column], labels):
                 found[sample_id] = (load_image(value, sample_id, self.image_column), label)
         for sample_id, entry in found.items():  # most recently used last; evict from the front
@@ -823,8 +823,6 @@ class LabelBankCollator(DistillationCollator):
         return out_images, out_labels
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Tensor]:
-        from .reliability import load_image
-
         bank = self.bank
         images, bank_rows, sample_ids, labels = [], [], [], []
         for position, row in enumerate(rows):
@@ -868,12 +866,35 @@ class LabelBankCollator(DistillationCollator):
         return batch
 
 
-def refuse_unrepresentable(args: Any) -> None:
+def validate_bank_config(config: Any, fail: Any) -> None:
+    """Config check: the label-bank fields, and what a bank cannot replay."""
+    if not isinstance(config.label_bank_records, int) or config.label_bank_records < 1:
+        fail("label_bank_records", f"must be a positive integer, got {config.label_bank_records!r}")
+    if config.label_bank_in_memory not in (None, True, False):
+        fail(
+            "label_bank_in_memory",
+            f"must be true, false or null (auto), got {config.label_bank_in_memory!r}",
+        )
+    if not isinstance(config.label_bank_shard_size, int) or config.label_bank_shard_size < 1:
+        fail("label_bank_shard_size", f"must be a positive integer, got {config.label_bank_shard_size!r}")
+    if config.label_bank_topk is not None and (
+        not isinstance(config.label_bank_topk, int) or config.label_bank_topk < 1
+    ):
+        fail(
+            "label_bank_topk",
+            f"must be a positive integer or None (full logits), got {config.label_bank_topk!r}",
+        )
+    if config.teacher_label_bank is not None:
+        refuse_unrepresentable(config, fail)  # modes and terms that need the live teacher
+
+
+def refuse_unrepresentable(args: Any, fail: Any = None) -> None:
     """Raise for a config whose teacher use a bank cannot replay (``fail(field, message)`` wording)."""
 
-    def fail(name: str, message: str) -> None:
+    def _fail(name: str, message: str) -> None:
         raise ValueError(f"DistillationConfig.{name}: {message}")
 
+    fail = fail or _fail
     if args.teacher_input not in BANK_TEACHER_INPUTS:
         fail(
             "teacher_input",
@@ -924,7 +945,7 @@ def attach_label_bank(
             f"data_collator ({type(collator).__name__}) was given; drop data_collator= or teacher_label_bank"
         )
     bank = load_label_bank(args.teacher_label_bank, in_memory=args.label_bank_in_memory)
-    mixing = args.mix_config() if collator.mode.mixing else None
+    mixing = mix_config_of(args) if collator.mode.mixing else None
     if mixing is not None and not (mixing.mixup_active or mixing.cutmix_active):
         mixing = None
     run = bank_fingerprint(
@@ -960,7 +981,7 @@ def generate_for_trainer(
         num_records=args.label_bank_records,
         teacher_input=args.teacher_input,
         augmentation=collator.augmentation,
-        mix_config=args.mix_config(),
+        mix_config=mix_config_of(args),
         topk=args.label_bank_topk,
         temperature=args.temperature,
         seed=args.seed,
@@ -975,3 +996,64 @@ def generate_for_trainer(
     )
     options.update(kwargs)
     return generate_label_bank(trainer.teacher, dataset, output_dir, **options)
+
+
+class BankTeacher(TeacherSource):
+    """A label bank as a teacher source: each training batch carries the stored teacher output of the record
+    it replays (``bank_logits``, read by the collator); there is no teacher at evaluation (no teacher
+    metrics) and none to label images made inside a step."""
+
+    default_exports = {"label_bank": None}
+    loads_teacher = False
+
+    def __init__(self, args: Any, teacher_model: Any = None):
+        self.args = args
+        self.sources = teacher_sources(teacher_model)
+        self.bank: LabelBank | None = None
+
+    @classmethod
+    def applies(cls, args: Any, has_teacher: bool) -> bool:
+        return args.teacher_label_bank is not None
+
+    @classmethod
+    def provisions(cls, args: Any, ensemble: bool, topk: int | None = None) -> Provides:
+        topk = topk if topk is not None else args.label_bank_topk
+        detail = f"teacher_label_bank, label_bank_topk={topk}" if topk else "teacher_label_bank"
+        return Provides(
+            name=f"a label bank ({detail})",
+            setting="teacher_label_bank",
+            logits=not topk,
+            temperature=float(args.temperature),
+            features=False,
+            live=False,
+            labels_new=False,
+            alternative="drop teacher_label_bank to train with the live teacher"
+            + ("" if not topk else ", or use a bank of full logits (label_bank_topk=null)"),
+        )
+
+    def provides(self, train: bool) -> Provides | None:
+        if not train:
+            return None
+        topk = self.bank.meta.get("topk") if self.bank is not None else None
+        if topk is not None and self.bank is not None and int(topk) >= self.bank.num_classes:
+            topk = None  # k = C stores the full logits
+        return (
+            self.provisions(self.args, False, topk=topk or None)
+            if self.bank is not None
+            else self.provisions(self.args, False)
+        )
+
+    def attach(self, collator: Any, source_dataset: Any, train_dataset: Any, label_names: list[str]) -> Any:
+        self.bank, collator = attach_label_bank(
+            self.args, collator, source_dataset, train_dataset, label_names, self.sources
+        )
+        return collator
+
+    def __call__(self, batch: dict[str, Tensor], train: bool) -> ModelOutputs:
+        if BANK_ROWS not in batch:
+            return ModelOutputs(None)
+        stored = batch.get(BANK_LOGITS)  # replay: the stored teacher output, read by the collator
+        return ModelOutputs(stored if stored is not None else self.bank.teacher_logits(batch[BANK_ROWS]))
+
+    def exports(self) -> dict[str, Any]:
+        return {"label_bank": self.bank}

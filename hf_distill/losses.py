@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .batch import mixed_cross_entropy
+
 
 @dataclass
 class ModelOutputs:
@@ -31,6 +33,8 @@ class ModelOutputs:
     features: dict[str, Tensor] = field(default_factory=dict)
     # What trainable auxiliary modules (projectors, self-learning teachers, peers …) returned in this forward.
     auxiliary: dict[str, Any] = field(default_factory=dict)
+    # Set by a method that holds the student for this step (SLKD's SL-T phase): no term may send it gradient.
+    held: bool = False
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -253,7 +257,9 @@ def fitnet_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
     """FitNets hint loss (Romero et al., ICLR 2015): ``mean (student - teacher)^2`` over all elements.
 
     The student features must already be projected to the teacher's shape by the caller (the
-    paper's regressor lives outside this function). Computed in fp32.
+    paper's regressor lives outside this function). The mean over all elements is the reduction
+    of the public code (RepDistiller's ``HintLoss``, mdistiller's ``FitNet``), whose weight with CE
+    is 100. Computed in fp32.
     """
     if student_feat.shape != teacher_feat.shape:
         raise ValueError(
@@ -271,18 +277,19 @@ def at_loss(student_feat: Tensor, teacher_feat: Tensor, p: float = 2.0) -> Tenso
 
     For a ``(B, C, H, W)`` feature map the attention map is ``A = mean_c |f_c|^p`` (shape
     ``(B, H, W)``); ``Q = vec(A) / ||vec(A)||_2`` per sample. The loss is
-    ``mean_batch ||Q_s - Q_t||_2^2``: squared L2 distance summed over positions, averaged over the
-    batch (the authors' code additionally averages over the ``H * W`` positions, i.e. it is this
-    value divided by ``H * W``). Channel counts may differ; if spatial sizes differ the larger
-    attention map is adaptive-average-pooled to the smaller size (per dimension) before
-    normalisation.
+    ``mean_{b, positions} (Q_s - Q_t)^2``, i.e. ``mean_batch ||Q_s - Q_t||_2^2 / (H * W)``: the
+    reduction of the authors' code (``at_loss`` in szagoruyko/attention-transfer, also RepDistiller
+    and mdistiller), so their weight ``beta = 1000`` on the sum over layer pairs carries over.
+    Channel counts may differ; if spatial sizes differ the larger *feature map* is
+    adaptive-average-pooled to the smaller size (per dimension) before the attention map is taken,
+    as in the public code.
     """
     _check_4d("student_feat", student_feat)
     _check_4d("teacher_feat", teacher_feat)
-    a_s, a_t = _pool_to_common(_attention_map(student_feat, p), _attention_map(teacher_feat, p))
-    q_s = F.normalize(a_s.flatten(1), dim=1)
-    q_t = F.normalize(a_t.flatten(1), dim=1)
-    return (q_s - q_t).pow(2).sum(dim=1).mean()
+    f_s, f_t = _pool_to_common(student_feat.float(), teacher_feat.float())
+    q_s = F.normalize(_attention_map(f_s, p).flatten(1), dim=1)
+    q_t = F.normalize(_attention_map(f_t, p).flatten(1), dim=1)
+    return (q_s - q_t).pow(2).mean()
 
 
 def fsp_matrix(f1: Tensor, f2: Tensor) -> Tensor:
@@ -305,10 +312,11 @@ def fsp_loss(
     """FSP distillation loss (Yim et al., CVPR 2017), in fp32.
 
     For each pair ``i`` of feature maps, ``G_i = fsp_matrix(f1, f2)`` for student and teacher;
-    the loss is ``mean_i mean_{b, c1, c2} (G_i^S - G_i^T)^2``: mean of squared differences over
-    all entries of each ``(B, C1, C2)`` matrix, then an unweighted mean over pairs (the paper
-    uses a batch-mean of summed squared entries with per-pair weights; this differs by the
-    constant ``C1 * C2`` per pair). Student and teacher FSP matrices must have the same shape.
+    the loss is ``sum_i mean_{b, c1, c2} (G_i^S - G_i^T)^2``: mean of squared differences over
+    all entries of each ``(B, C1, C2)`` matrix, summed over pairs, the reduction of the public
+    code (RepDistiller's ``FSP``, Knowledge-Distillation-Zoo), whose weight is 1 (the paper writes
+    a batch mean of summed squared entries with equal per-pair weights, i.e. ``C1 * C2`` times
+    each pair's value here). Student and teacher FSP matrices must have the same shape.
     """
     if len(student_pairs) != len(teacher_pairs) or not student_pairs:
         raise ValueError("fsp_loss needs the same, non-zero number of student and teacher pairs")
@@ -318,14 +326,16 @@ def fsp_loss(
         if g_s.shape != g_t.shape:
             raise ValueError(f"FSP matrix shapes differ: {tuple(g_s.shape)} vs {tuple(g_t.shape)}")
         losses.append((g_s - g_t).pow(2).mean())
-    return torch.stack(losses).mean()
+    return torch.stack(losses).sum()
 
 
 def sp_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
     """Similarity-preserving KD (Tung & Mori, ICCV 2019), in fp32.
 
     ``F`` = features flattened to ``(B, -1)``, ``G = row_l2_normalise(F F^T)`` (``B x B``);
-    ``loss = ||G_s - G_t||_F^2 / B^2``. Student and teacher feature sizes may differ.
+    ``loss = ||G_s - G_t||_F^2 / B^2``, the reduction of the code the authors verified
+    (RepDistiller's ``Similarity``; weight 3000 with CE there and in mdistiller). Student and
+    teacher feature sizes may differ.
     """
     f_s, f_t = _flat_features(student_feat), _flat_features(teacher_feat)
     batch = f_s.shape[0]
@@ -342,9 +352,10 @@ def pkt_loss(student_feat: Tensor, teacher_feat: Tensor, eps: float = 1e-7) -> T
     Features are flattened to ``(B, -1)`` and divided by ``(||f|| + eps)``;
     ``K = (f f^T + 1) / 2`` (cosine similarity rescaled to ``[0, 1]``, diagonal included) and
     ``P[i, j] = K[i, j] / sum_j K[i, j]``. The loss is
-    ``mean_i sum_j P_t[i, j] * log((P_t[i, j] + eps) / (P_s[i, j] + eps))``, i.e. the row-wise
-    KL(teacher || student) summed over ``j`` and averaged over the batch. (The authors' released
-    code takes the mean over all ``B * B`` entries instead, which is this value divided by ``B``.)
+    ``mean_{i, j} P_t[i, j] * log((P_t[i, j] + eps) / (P_s[i, j] + eps))``: the mean over all
+    ``B * B`` entries, as the authors' code (passalis/probabilistic_kt ``cosine_similarity_loss``,
+    also RepDistiller and mdistiller), i.e. the row-wise KL(teacher || student) averaged over rows
+    and divided by ``B``; their weight with CE is 30000 (RepDistiller, mdistiller on CIFAR-100).
     """
     f_s, f_t = _flat_features(student_feat), _flat_features(teacher_feat)
     if f_s.shape[0] != f_t.shape[0]:
@@ -356,7 +367,7 @@ def pkt_loss(student_feat: Tensor, teacher_feat: Tensor, eps: float = 1e-7) -> T
         return kernel / kernel.sum(dim=1, keepdim=True)
 
     p_s, p_t = conditional_probs(f_s), conditional_probs(f_t)
-    return (p_t * torch.log((p_t + eps) / (p_s + eps))).sum(dim=1).mean()
+    return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
 
 
 def _pairwise_distances(e: Tensor, eps: float = 1e-12) -> Tensor:
@@ -412,7 +423,9 @@ def rkd_loss(
 ) -> Tensor:
     """Relational KD (Park et al., CVPR 2019): ``w_D * rkd_distance_loss + w_A * rkd_angle_loss``.
 
-    The default weights 25 and 50 are the paper's.
+    The default weights 25 and 50 are the paper's; the reductions (Huber mean over the ``B^2``
+    pairs and ``B^3`` triplets) are the authors' code's, used with an outer weight of 1
+    (RepDistiller, mdistiller).
     """
     loss = distance_weight * rkd_distance_loss(student_emb, teacher_emb)
     return loss + angle_weight * rkd_angle_loss(student_emb, teacher_emb)
@@ -425,7 +438,10 @@ def cc_loss(student_emb: Tensor, teacher_emb: Tensor, gamma: float = 0.4, p_orde
     ``exp(-gamma ||x - y||^2) = exp(-2 gamma) * exp(2 gamma x.y)``, approximated by
     ``sum_{p=0}^{P} exp(-2 gamma) (2 gamma)^p / p! * (x.y)^p`` with ``P = p_order``. The
     correlation matrices ``C[i, j] = k(e_i, e_j)`` are ``B x B`` and
-    ``loss = ||C_s - C_t||_F^2 / B^2`` (mean squared error over the ``B^2`` entries).
+    ``loss = ||C_s - C_t||_F^2 / B^2`` (mean squared error over the ``B^2`` entries), the
+    reduction of the public Gaussian-RBF implementation (Knowledge-Distillation-Zoo's ``CC``, weight
+    100 with CE, ``gamma = 0.4``, ``P = 2``). The code the authors shared with RepDistiller computes
+    a different quantity, so its weight (0.02) does not apply here.
     """
     e_s = F.normalize(_flat_features(student_emb), dim=1)
     e_t = F.normalize(_flat_features(teacher_emb), dim=1)
@@ -456,6 +472,8 @@ class VIDLoss(nn.Module):
     ``0.5 * log(2 pi)``, averaged over all elements::
 
         mean_{b,c,h,w} 0.5 * ((mu_c(s) - t_c)^2 / sigma_c^2 + log sigma_c^2)
+
+    (the authors' reduction, as in RepDistiller's ``VIDLoss``; summed over layer pairs with weight 1).
 
     Accepts ``(B, C, H, W)`` maps (the larger spatial size is adaptive-average-pooled to the
     smaller) or ``(B, C)`` vectors. It is trainable: its parameters must be given to the
@@ -503,16 +521,28 @@ class VIDLoss(nn.Module):
             return (0.5 * ((mean - t).pow(2) / var + var.log())).mean()
 
 
+CRD_NEGATIVE_SAMPLING = ("exact", "uniform")
+
+
 class CRDLoss(nn.Module):
     """Contrastive representation distillation (Tian et al., ICLR 2020).
 
     Student and teacher features (flattened to ``(B, -1)``) are embedded by linear layers to
     ``feat_dim`` and L2-normalised (``v_s``, ``v_t``). Two memory banks of shape
     ``(num_samples, feat_dim)`` hold an embedding per training sample for each side. For each
-    sample ``y`` in the batch, ``num_negatives = K`` ids are drawn uniformly from
-    ``[0, num_samples)`` (with replacement, as the paper's uniform noise distribution, so the
-    positive may occasionally also appear among them). The student anchor ``v_s`` is scored
-    against the *teacher* memory at ``[y, negatives]`` and vice versa::
+    sample ``y`` in the batch, ``num_negatives = K`` negative ids are drawn with replacement:
+
+    * ``negative_sampling="exact"`` (the default of the ``crd`` term, as the authors' code's
+      ``mode='exact'``): uniformly among the training samples of the *other* classes, so neither
+      the positive nor a sample of its class is ever a negative. Needs ``train_labels``, the class
+      of every training sample (indexed by sample id). The authors' dataset draws them without
+      replacement when ``K`` is at most that count; with replacement the negatives are i.i.d.
+      draws of the same distribution (the NCE noise model), at ``O(B * K)`` cost.
+    * ``negative_sampling="uniform"`` (this class's default): uniformly from ``[0, num_samples)``,
+      the paper's uniform noise distribution; the positive may occasionally appear among them.
+
+    The student anchor ``v_s`` is scored against the *teacher* memory at ``[y, negatives]`` and
+    vice versa::
 
         P(i | v) = exp(v . m_i / T) / Z,   Z = N * mean(exp(v . m_i / T))   (on the first batch)
         h(i)     = P(i | v) / (P(i | v) + K / N)
@@ -541,10 +571,19 @@ class CRDLoss(nn.Module):
         momentum: float = 0.5,
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        negative_sampling: str = "uniform",
+        train_labels: Tensor | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if num_samples < 1 or num_negatives < 1:
             raise ValueError("num_samples and num_negatives must be positive")
+        if negative_sampling not in CRD_NEGATIVE_SAMPLING:
+            raise ValueError(
+                f"negative_sampling must be one of {list(CRD_NEGATIVE_SAMPLING)}, got {negative_sampling!r}"
+            )
+        self.negative_sampling = negative_sampling
+        if negative_sampling == "exact":
+            self._set_class_index(train_labels, num_samples)
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
         self.generator = generator
@@ -566,13 +605,62 @@ class CRDLoss(nn.Module):
         u = torch.rand(shape, generator=self.generator, device=device)
         return ((2.0 * u - 1.0) * bound).cpu()
 
-    def sample_negatives(self, batch_size: int) -> Tensor:
-        """``(batch_size, num_negatives)`` ids drawn uniformly from ``[0, num_samples)``."""
+    def _set_class_index(self, train_labels: Tensor | Sequence[int] | None, num_samples: int) -> None:
+        if train_labels is None:
+            raise ValueError(
+                "negative_sampling='exact' draws each sample's negatives from the other classes, so it needs "
+                "the class label of every training sample (train_labels), and none were given (unlabelled "
+                "data?); pass them, or choose negative_sampling='uniform' (loss_kwargs: {crd: "
+                "{negative_sampling: uniform}}) to draw negatives uniformly from all samples"
+            )
+        labels = torch.as_tensor(train_labels).reshape(-1).long().cpu()
+        if labels.numel() != num_samples:
+            raise ValueError(
+                f"train_labels has {labels.numel()} entries but the CRD memory bank has {num_samples} rows; "
+                "give one label per training sample, indexed by sample id"
+            )
+        if bool((labels < 0).any()):
+            raise ValueError(
+                f"train_labels holds {int((labels < 0).sum())} unlabelled samples (label < 0); "
+                "negative_sampling='exact' needs a class for every sample; use negative_sampling='uniform'"
+            )
+        counts = torch.bincount(labels)
+        if int((num_samples - counts[labels]).min()) == 0:
+            raise ValueError(
+                "negative_sampling='exact' needs samples of at least two classes (every sample's negatives "
+                "come from the other classes); use negative_sampling='uniform'"
+            )
+        # Sample ids sorted by class: the negatives of class c are every position outside its block
+        # [start[c], start[c] + count[c]). Plain tensors, not buffers: derived from the dataset, so kept out
+        # of checkpoints and of DDP's per-step buffer broadcast; moved to the memory's device when first used.
+        self._labels = labels
+        self._order = torch.argsort(labels, stable=True)
+        self._class_count = counts
+        self._class_start = torch.cumsum(counts, 0) - counts
+
+    def _class_index_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if self._order.device != device:
+            self._labels, self._order = self._labels.to(device), self._order.to(device)
+            self._class_count, self._class_start = self._class_count.to(device), self._class_start.to(device)
+        return self._labels, self._order, self._class_start, self._class_count
+
+    def sample_negatives(self, batch_size: int, sample_ids: Tensor | None = None) -> Tensor:
+        """``(batch_size, num_negatives)`` negative ids for the batch's ``sample_ids``: uniformly from the other
+        classes' samples (``exact``; needs ``sample_ids``) or from ``[0, num_samples)`` (``uniform``)."""
         device = self.generator.device if self.generator is not None else self.memory_s.device
-        ids = torch.randint(
-            0, self.num_samples, (batch_size, self.num_negatives), generator=self.generator, device=device
-        )
-        return ids.to(self.memory_s.device)
+        shape = (batch_size, self.num_negatives)
+        if self.negative_sampling == "uniform":
+            ids = torch.randint(0, self.num_samples, shape, generator=self.generator, device=device)
+            return ids.to(self.memory_s.device)
+        if sample_ids is None:
+            raise ValueError("negative_sampling='exact' needs the batch's sample_ids")
+        labels, order, start, count = self._class_index_on(self.memory_s.device)
+        cls = labels[sample_ids.reshape(-1).to(labels.device, torch.long)]
+        start, count = start[cls][:, None], count[cls][:, None]
+        pool = self.num_samples - count  # how many samples the other classes hold, per row
+        u = torch.rand(shape, generator=self.generator, device=device, dtype=torch.float64).to(pool.device)
+        j = torch.minimum((u * pool).long(), pool - 1)  # uniform in [0, pool)
+        return order[j + (j >= start).long() * count]  # skip the row's own class block
 
     def _nce(self, anchor: Tensor, memory: Tensor, ids: Tensor, log_z: Tensor) -> Tensor:
         # scores[b, 0] is the positive, scores[b, 1:] the negatives.
@@ -604,7 +692,7 @@ class CRDLoss(nn.Module):
             v_t = F.normalize(self.embed_t(_flat_features(teacher_feat)), dim=1)
             sample_ids = sample_ids.reshape(-1).to(device=self.memory_s.device, dtype=torch.long)
             if negative_ids is None:
-                negative_ids = self.sample_negatives(sample_ids.shape[0])
+                negative_ids = self.sample_negatives(sample_ids.shape[0], sample_ids)
             ids = torch.cat([sample_ids[:, None], negative_ids.to(sample_ids)], dim=1)
             loss = self._nce(v_s, self.memory_t, ids, self.log_z_s)
             loss = loss + self._nce(v_t, self.memory_s, ids, self.log_z_t)
@@ -664,9 +752,33 @@ def dkd_term(
     temperature: float = 4.0,
     alpha: float = 1.0,
     beta: float = 8.0,
+    warmup_epochs: float = 20.0,
+    epoch: float | None = None,
 ) -> Tensor:
-    """Decoupled KD with the targets of ``batch["labels"]``, see :func:`dkd_loss`."""
-    return dkd_loss(student.logits, teacher.logits, _labels(batch), temperature, alpha, beta)
+    """Decoupled KD with the targets of ``batch["labels"]`` (:func:`dkd_loss`), times the official linear
+    warm-up ``min(epoch / warmup_epochs, 1)`` (:func:`linear_warmup_factor`; 20 epochs in the authors'
+    CIFAR-100 setting, 1 on ImageNet; ``warmup_epochs: 0`` turns it off). ``epoch`` is the current,
+    fractional training epoch, passed by the trainer; ``None`` (evaluation, or a call outside training)
+    applies no warm-up factor."""
+    factor = linear_warmup_factor(epoch, warmup_epochs)
+    return dkd_loss(student.logits, teacher.logits, _labels(batch), temperature, alpha, beta) * factor
+
+
+def linear_warmup_factor(epoch: float | None, warmup_epochs: float) -> float:
+    """``min(epoch / warmup_epochs, 1)``: a linear ramp from 0 at the start of training to 1 after
+    ``warmup_epochs`` epochs. 1 when ``epoch`` is ``None`` (no training epoch: evaluation) or
+    ``warmup_epochs`` is 0.
+
+    mdistiller (DKD's official code) multiplies by ``min(e / warmup, 1)`` with its 1-based integer epoch
+    ``e``, a staircase that is ``1 / warmup`` during the first epoch; with the trainer's fractional
+    epoch (0 at the first step) the same formula is the continuous ramp through it, at most one epoch
+    behind the staircase.
+    """
+    if warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0 (0: no warm-up), got {warmup_epochs}")
+    if epoch is None or warmup_epochs == 0:
+        return 1.0
+    return min(max(float(epoch), 0.0) / warmup_epochs, 1.0)
 
 
 def ce_term(
@@ -713,9 +825,18 @@ def _pairs_of(
     return [(s[i], t[i]) for i in chosen]
 
 
-def fitnet_term(student: ModelOutputs, teacher: ModelOutputs, batch: dict, pairs: Any = None) -> Tensor:
-    """FitNet hints: :func:`fitnet_loss` between the *projected* student features (the ``fitnet``
-    auxiliary module's output) and the teacher's, summed over the used pairs (default: all)."""
+def fitnet_term(
+    student: ModelOutputs,
+    teacher: ModelOutputs,
+    batch: dict,
+    pairs: Any = None,
+    regressor: str = "conv",
+    regressor_relu: bool = True,
+) -> Tensor:
+    """FitNet hints: :func:`fitnet_loss` between the *regressed* student features (the ``fitnet``
+    auxiliary module's output) and the teacher's, summed over the used pairs (default: all).
+    ``regressor`` / ``regressor_relu`` configure that module (:class:`hf_distill.features.Projector`):
+    ``conv``, the paper's convolutional regressor (default), or ``1x1``."""
     projected = student.auxiliary["fitnet"]
     t = list(teacher.features.values())
     return torch.stack([fitnet_loss(projected[i], t[i]) for i in sorted(projected)]).sum()
@@ -800,10 +921,12 @@ def crd_term(
     num_negatives: int | None = None,
     nce_temperature: float = 0.07,
     momentum: float = 0.5,
+    negative_sampling: str = "exact",
 ) -> Tensor:
     """Contrastive representation distillation: the :class:`CRDLoss` the ``crd`` auxiliary module computed
     on the last tapped pair by default (the parameters configure that module; ``num_negatives`` defaults
-    to ``min(16384, len(train_dataset))``). Evaluation batches are not scored (0)."""
+    to ``min(16384, len(train_dataset))``; ``negative_sampling`` is ``exact``, negatives from the other
+    classes as the authors' code, or ``uniform``). Evaluation batches are not scored (0)."""
     value = student.auxiliary["crd"]
     return value if value is not None else _zero_like_graph(student.logits)
 
@@ -836,16 +959,6 @@ def dml_loss(cohort_logits: Sequence[Tensor], temperature: float = 1.0) -> list[
     return out
 
 
-def _mixed_ce(logits: Tensor, batch: dict) -> Tensor:
-    labels = _labels(batch)
-    perm, lam = batch.get("mix_perm"), batch.get("mix_lam")
-    if perm is None:
-        return ce_loss(logits, labels)
-    own = F.cross_entropy(logits.float(), labels, reduction="none")
-    partner = F.cross_entropy(logits.float(), labels[perm], reduction="none")
-    return (lam * own + (1.0 - lam) * partner).mean()
-
-
 def dml_term(student: ModelOutputs, teacher: ModelOutputs, batch: dict, temperature: float = 1.0) -> Tensor:
     """DML for the whole cohort: the student plus every peer (auxiliary modules named ``peer*``).
 
@@ -859,7 +972,7 @@ def dml_term(student: ModelOutputs, teacher: ModelOutputs, batch: dict, temperat
         raise ValueError("the dml term needs peers: set DistillationConfig.peer_model_names_or_paths")
     cohort = [student.logits, *peers]
     mimicry = torch.stack(dml_loss(cohort, temperature)).sum()
-    return mimicry + torch.stack([_mixed_ce(z, batch) for z in peers]).sum()
+    return mimicry + torch.stack([mixed_cross_entropy(z, batch) for z in peers]).sum()
 
 
 dml_term.needs_teacher = False

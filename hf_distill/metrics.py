@@ -191,3 +191,62 @@ class DistillationMetrics:
                 )
             )
         return {key: float(value) for key, value in results.items()}
+
+
+TEACHER_METRIC_NAMES: tuple[str, ...] = ("teacher_accuracy", "teacher_agreement", "kl_to_teacher")
+
+
+def split_predictions(predictions: Any) -> tuple[Any, Any]:
+    """``(student, teacher or None)`` from what ``DistillationTrainer.prediction_step`` returned: student
+    logits alone, or a ``(student_logits, teacher_logits)`` tuple."""
+    if isinstance(predictions, (tuple, list)):
+        if not predictions:
+            raise ValueError("eval_pred.predictions is an empty tuple")
+        return predictions[0], predictions[1] if len(predictions) > 1 else None
+    return predictions, None
+
+
+class WithTeacherMetrics:
+    """A ``compute_metrics`` written for ``transformers.Trainer``, run unchanged by ``DistillationTrainer``.
+
+    The user's function gets an ``EvalPrediction`` whose ``predictions`` are the student's logits alone (as
+    ``Trainer`` would give them; ``preprocess_logits_for_metrics`` applies to them too), with the same
+    ``label_ids``, ``inputs`` and ``losses``. The teacher's logits stay available as
+    ``eval_pred.teacher_predictions``. Beside the user's keys, the teacher metrics of
+    :class:`DistillationMetrics` (``teacher_accuracy``, ``teacher_agreement``, ``kl_to_teacher``) are
+    reported when the evaluation has a teacher; a key the user's function returns wins.
+    ``batch_eval_metrics=True`` works when the user's function takes ``compute_result``, as for ``Trainer``.
+    """
+
+    def __init__(self, compute_metrics: Any, teacher_metrics: DistillationMetrics | None = None) -> None:
+        self.compute_metrics = compute_metrics
+        self.teacher_metrics = teacher_metrics if teacher_metrics is not None else DistillationMetrics()
+
+    def __call__(self, eval_pred: Any, compute_result: bool | None = None) -> dict[str, float]:
+        from transformers import EvalPrediction
+
+        student, teacher = split_predictions(eval_pred.predictions)
+        inputs, losses = getattr(eval_pred, "inputs", None), getattr(eval_pred, "losses", None)
+        user_pred = EvalPrediction(
+            predictions=student, label_ids=eval_pred.label_ids, inputs=inputs, losses=losses
+        )
+        user_pred.teacher_predictions = teacher
+        if compute_result is None:
+            user = self.compute_metrics(user_pred)
+        else:
+            user = self.compute_metrics(user_pred, compute_result=compute_result)
+        ours: dict[str, float] = {}
+        if teacher is not None:
+            ours = self._teacher_metrics(student, teacher, eval_pred.label_ids, compute_result)
+        return {**ours, **(user or {})}
+
+    def _teacher_metrics(self, student: Any, teacher: Any, labels: Any, compute_result: bool | None) -> dict:
+        from transformers import EvalPrediction
+
+        if getattr(student, "shape", None) == getattr(teacher, "shape", None):
+            results = self.teacher_metrics(EvalPrediction((student, teacher), labels), compute_result)
+            return {key: value for key, value in results.items() if key in TEACHER_METRIC_NAMES}
+        # The student's predictions were reduced (preprocess_logits_for_metrics, e.g. to argmax): only the
+        # teacher's own accuracy can be computed from the teacher's logits.
+        results = self.teacher_metrics(EvalPrediction(teacher, labels), compute_result)
+        return {"teacher_accuracy": results["accuracy"]} if "accuracy" in results else {}

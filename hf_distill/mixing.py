@@ -30,11 +30,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .batch import MIX_LAM, MIX_PERM, view_keys
 
 __all__ = [
     "MIX_MODES",
@@ -366,6 +369,37 @@ def _blend(x: Tensor, partner: Tensor, weight: Tensor) -> Tensor:
     return torch.round(out).clamp_(info.min, info.max).to(x.dtype)
 
 
+def _mix_uint8_per_sample(params: MixParams, x: Tensor) -> Tensor:
+    """:func:`apply_mix` for one uint8 CPU batch, sample by sample: the same fp32 products and sum, rounded
+    half to even, as the batched tensor path, but only on the samples that are mixed, in cache-sized
+    pieces and with NumPy's fast float -> uint8 cast. Cut boxes are pasted as slices."""
+    p = params.to("cpu")
+    source = np.ascontiguousarray(x.numpy())
+    mixed = source.copy()
+    perm = p.perm.tolist()
+    use_mixup, use_cutmix = p.use_mixup.tolist(), p.use_cutmix.tolist()
+    lam = p.lam.to(torch.float32).numpy()
+    height, width = x.shape[-2], x.shape[-1]
+    boxes = boxes_to_pixels(p.boxes, height, width).tolist() if any(use_cutmix) else None
+    own = other = None
+    for i, partner in enumerate(perm):
+        if use_mixup[i]:
+            if own is None:
+                own = np.empty(source.shape[1:], dtype=np.float32)
+                other = np.empty_like(own)
+            weight = lam[i]
+            np.multiply(source[i], weight, out=own)
+            np.multiply(source[partner], np.float32(1.0) - weight, out=other)
+            np.add(own, other, out=own)
+            np.rint(own, out=own)
+            np.clip(own, 0.0, 255.0, out=own)
+            np.copyto(mixed[i], own, casting="unsafe")
+        if use_cutmix[i]:
+            y0, x0, y1, x1 = boxes[i]
+            mixed[i, ..., y0:y1, x0:x1] = source[partner, ..., y0:y1, x0:x1]
+    return torch.from_numpy(mixed)
+
+
 def apply_mix(params: MixParams, *images: Tensor) -> tuple[Tensor, ...]:
     """Apply the same mixing parameters to every image tensor.
 
@@ -385,6 +419,9 @@ def apply_mix(params: MixParams, *images: Tensor) -> tuple[Tensor, ...]:
     _check_images(images, params.batch_size, "apply_mix")
     out = []
     for x in images:
+        if x.device.type == "cpu" and x.dtype == torch.uint8 and x.ndim >= 3:  # the collators' case
+            out.append(_mix_uint8_per_sample(params, x))
+            continue
         p = params.to(x.device)
         partner = x.index_select(0, p.perm)
         mixed = x.clone()
@@ -601,3 +638,38 @@ def select_by_criterion(
         raise ValueError(f"k must be an int in [0, {n}] (the batch size), got {k!r}")
     order = torch.sort(scores, descending=True, stable=True).indices
     return order[: int(k)]
+
+
+def mix_config_of(args: Any) -> MixConfig:
+    """The batch-mixing parameters of a :class:`~hf_distill.DistillationConfig` as a :class:`MixConfig`."""
+    return MixConfig(
+        mixup_alpha=args.mixup_alpha,
+        cutmix_alpha=args.cutmix_alpha,
+        cutmix_minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None,
+        prob=args.mix_prob,
+        switch_prob=args.switch_prob,
+        mode=args.mix_mode,
+        label_smoothing=args.label_smoothing_factor,
+    )
+
+
+def validate_mix_config(args: Any, fail: Any) -> None:
+    """Config check: the mixing fields (reported under the config's names, not timm's)."""
+    try:
+        mix_config_of(args).validate()
+    except ValueError as error:
+        mix_field = str(error).split(" ", 1)[0]
+        renamed = {"prob": "mix_prob", "mode": "mix_mode", "label_smoothing": "label_smoothing_factor"}
+        fail(renamed.get(mix_field, mix_field), str(error).split(" ", 1)[1])
+
+
+def mix_batch(batch: dict[str, Tensor], params: MixParams) -> dict[str, Tensor]:
+    """Apply one draw of mixing parameters to every image view of a batch (the student's and each
+    teacher's, whatever their resolutions) and record it for the mixed-label CE (``mix_perm``,
+    ``mix_lam``). The one place where batches are mixed."""
+    keys = view_keys(batch)
+    for key, mixed in zip(keys, apply_mix(params, *(batch[k] for k in keys))):
+        batch[key] = mixed
+    batch[MIX_PERM] = params.perm
+    batch[MIX_LAM] = params.lam.float()
+    return batch

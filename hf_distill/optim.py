@@ -62,3 +62,9 @@ def build_optimizer(
     ]
     groups = [g for g in groups if g["params"]]
     return cls(groups, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+def validate_optimizer_config(config: Any, fail: Any) -> None:
+    """Config check: ``optimizer_name``."""
+    if config.optimizer_name not in OPTIMIZERS:
+        fail("optimizer_name", f"must be one of {list(OPTIMIZERS)}, got {config.optimizer_name!r}")

@@ -34,7 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data import DIGITS_DATASET_ID
+from .hub import forward_logits
 from .model_card import LIBRARIES, METHOD_CITATIONS, StudentCardInfo, plot_training_curve, render_model_card
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +291,6 @@ def _throughputs(trainer: Any, student: nn.Module, batches: int) -> tuple[float 
         return None, None  # sharded weights: a forward on the main process alone would wait for the others
     if trainer.args.torch_compile or getattr(trainer.args, "teacher_compile", False):
         return None, None  # a new batch shape in eval mode would recompile: seconds to minutes, not a timing
-    from .hub import forward_logits
 
     device = trainer.accelerator.device
     batch_size = max(1, min(trainer.args.per_device_eval_batch_size, 32))
@@ -331,7 +333,6 @@ def card_info(
 ) -> StudentCardInfo:
     """What the card of ``trainer``'s student says. ``metrics`` defaults to the last evaluation logged
     (``trainer.evaluate()`` logs its result); throughput is timed when ``card_throughput_batches`` > 0."""
-    from .data import DIGITS_DATASET_ID
 
     args = trainer.args
     if trainer.teacher is None:
@@ -495,8 +496,6 @@ def upload_student(
     naming the retry command, when the upload fails; ``output_dir`` is only read, never changed.
     """
     from huggingface_hub import HfApi
-
-    from . import __version__
 
     directory = Path(output_dir)
     names = student_files(directory)

@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 from torch import Tensor, nn
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from .images import _decode_message, finish_image, load_image, open_image  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -406,29 +407,6 @@ def check_first_images(dataset: Any, image_column: str, name: str, num_samples: 
         except Exception as error:
             raise ValueError(_decode_message(index, image_column, error)) from error
         load_image(value, sample_id=index, column=image_column)
-
-
-def _decode_message(sample_id: int, column: str, error: BaseException) -> str:
-    fix = (
-        "raise PIL.Image.MAX_IMAGE_PIXELS if the image is legitimately that large, or downscale it"
-        if isinstance(error, PILImage.DecompressionBombError)
-        else f"repair or drop that row (e.g. dataset.filter(..., with_indices=True)), or set "
-        f"DistillationConfig.image_column_name if '{column}' is not the image column"
-    )
-    return f"sample_id={sample_id}: column '{column}' cannot be decoded as an image ({type(error).__name__}: {error}); {fix}"
-
-
-def load_image(value: Any, sample_id: int, column: str = "image") -> PILImage.Image:
-    """Decode one dataset value (PIL image, numpy array, ``{"bytes", "path"}`` dict of an undecoded
-    ``datasets.Image``, or a file path) to an 8-bit RGB image; a failure names the sample and the fix."""
-    from .collators import to_rgb
-
-    try:
-        if isinstance(value, (str, os.PathLike)):
-            value = {"bytes": None, "path": os.fspath(value)}
-        return to_rgb(value)
-    except Exception as error:
-        raise ValueError(_decode_message(sample_id, column, error)) from error
 
 
 def defer_image_decoding(dataset: Any, image_column: str) -> Any:

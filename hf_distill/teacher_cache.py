@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .batch import SAMPLE_IDS
 from .collators import (
     AugmentationConfig,
     ViewParams,
@@ -39,6 +40,9 @@ from .collators import (
     sample_generator,
     to_rgb,
 )
+from .contract import Provides
+from .losses import ModelOutputs
+from .teacher import LiveTeacher, TeacherSource, average_tempered_probabilities, teacher_sizes_of
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +189,7 @@ class TeacherCache:
 # ------------------------------------------------------------------------------------------------ build
 def teacher_sizes(teacher: Any) -> tuple[int, ...]:
     """The input resolutions a teacher (or ensemble) needs."""
-    sizes = getattr(teacher, "image_sizes", None)
-    return tuple(dict.fromkeys(sizes)) if sizes else (teacher.preprocess.image_size,)
+    return teacher_sizes_of(teacher)
 
 
 def _teacher_forward(teacher: Any, views: dict[int, Tensor]) -> Tensor:
@@ -247,8 +250,6 @@ def compute_teacher_outputs(
     whose probabilities at ``temperature`` are averaged (returned as ``T * log(mean p)``, see
     :func:`hf_distill.teacher.average_tempered_probabilities`).
     """
-    from .teacher import average_tempered_probabilities
-
     mode = parse_teacher_input(teacher_input, augmentation.crop)
     if mode.relation != "fixed":
         raise ValueError(
@@ -336,6 +337,9 @@ def load_or_build_cache(
             crop_ratio=list(augmentation.crop_ratio),
             hflip=augmentation.hflip,
         )
+    reduction = getattr(teacher, "reduction", None) if getattr(teacher, "members", None) else None
+    if reduction not in (None, "probability_mean"):  # what an ensemble stores depends on how it is reduced
+        parts["ensemble_reduction"] = reduction
     if mode.teacher_crop == "ic_ens" or topk is not None or getattr(teacher, "members", None):
         # averaged probabilities (ic_ens, ensembles) and the top-k tail logit depend on the temperature
         parts["temperature"] = temperature
@@ -375,3 +379,102 @@ def load_or_build_cache(
     if write:
         cache.save(path)
     return cache
+
+
+# ------------------------------------------------------------------------------------ teacher source
+class CachedTeacher(TeacherSource):
+    """The fixed-teacher cache as a teacher source: in training, the stored outputs of each sample's fixed
+    view, looked up by ``sample_ids`` (the teacher never runs and the collator renders no teacher view);
+    at evaluation, and for images made inside a step, the live teacher."""
+
+    default_exports = {"teacher_cache": None}
+
+    def __init__(self, live: LiveTeacher, args: Any):
+        self.live = live
+        self.teacher = live.teacher
+        self.args = args
+        self.cache: TeacherCache | None = None
+
+    @classmethod
+    def applies(cls, args: Any, has_teacher: bool) -> bool:
+        return has_teacher and bool(args.use_teacher_cache) and args.teacher_input.startswith("fix/")
+
+    @classmethod
+    def provisions(cls, args: Any, ensemble: bool) -> Provides:
+        ic_ens = args.teacher_input == "fix/ic_ens"
+        topk = args.teacher_cache_topk
+        detail = f"teacher_input={args.teacher_input}" + (f", teacher_cache_topk={topk}" if topk else "")
+        if ic_ens:
+            alternative = "use fix/cc or fix/rs (or a same/* mode) for this"
+        elif topk:
+            alternative = "set teacher_cache_topk=null (full logits), or use_teacher_cache=false"
+        else:
+            alternative = "set use_teacher_cache=false to run the teacher on the fixed view"
+        return Provides(
+            name=f"the fixed-teacher cache ({detail})",
+            setting="use_teacher_cache",
+            # an ensemble's stored output is a logit vector only for the logit mean (hf_distill.teacher)
+            logits=not (ic_ens or topk or (ensemble and args.teacher_ensemble_reduction != "logit_mean")),
+            temperature=float(args.temperature),
+            features=False,
+            live=False,
+            labels_new=True,  # the teacher is loaded: images made in a step are labelled live
+            single_view=not ic_ens,
+            alternative=alternative,
+        )
+
+    def provides(self, train: bool) -> Provides:
+        if not train:
+            return self.live.provides(train)
+        return self.provisions(self.args, hasattr(self.teacher, "members"))
+
+    def teacher_view_sizes(self, train: bool) -> tuple[int, ...]:
+        return () if train else self.live.teacher_view_sizes(train)
+
+    def prepare(self, trainer: Any) -> None:
+        args = self.args
+        if trainer.train_dataset is None:
+            return  # nothing to train on: evaluation runs the live teacher
+        if getattr(trainer.train_dataset, "_fingerprint", None) is None:
+            raise ValueError(
+                f"DistillationConfig.use_teacher_cache with teacher_input={args.teacher_input!r}: the cache stores "
+                "one output per row of a map-style datasets.Dataset, but train_dataset is a "
+                f"{type(trainer.train_dataset).__name__}; pass a datasets.Dataset or set use_teacher_cache=false "
+                "(the teacher then runs on the fixed view every step)"
+            )
+        collator = trainer.build_collator(args, train=True)
+        # The main process computes and writes the cache; the others then read it.
+        with trainer.accelerator.main_process_first():
+            self.cache = load_or_build_cache(
+                self.teacher,
+                trainer.train_dataset,
+                args.teacher_input,
+                augmentation=collator.augmentation,
+                cache_dir=args.teacher_cache_dir,
+                topk=args.teacher_cache_topk,
+                interpolation=collator.teacher_interpolation,
+                image_column=args.image_column_name,
+                temperature=args.temperature,
+                ic_ens_crops=args.ic_ens_crops,
+                seed=args.seed,
+                batch_size=args.per_device_eval_batch_size,
+                device=trainer.accelerator.device,
+                label_names=trainer.label_names_,
+                write=trainer.accelerator.is_main_process,
+            )
+
+    def __call__(self, batch: dict[str, Tensor], train: bool) -> ModelOutputs:
+        if not train:
+            return self.live(batch, train)
+        if self.cache is None:
+            raise RuntimeError("the teacher cache is not built yet (CachedTeacher.prepare was not called)")
+        return ModelOutputs(self.cache.lookup(batch[SAMPLE_IDS]))
+
+    def label(self, views: dict[str, Tensor]) -> Tensor:
+        return self.live.label(views)
+
+    def set_feature_tap(self, tap: Any) -> None:
+        self.live.set_feature_tap(tap)  # evaluation runs the live teacher
+
+    def exports(self) -> dict[str, Any]:
+        return {"teacher_cache": self.cache}

@@ -1,27 +1,37 @@
-"""``DistillationTrainer``: a ``transformers.Trainer`` whose loss distils a frozen teacher into the student."""
+"""``DistillationTrainer``: a ``transformers.Trainer`` whose loss distils a frozen teacher into the student.
+
+The trainer is the loop's glue. It loads the models, builds the teacher source (:mod:`hf_distill.teacher`
+and the sources listed in :mod:`hf_distill.registry`) and the methods the config enables, checks once
+that every term's and method's needs are met by the source (:mod:`hf_distill.composition`), and in each
+step calls the teacher source once, runs the student, and sums ``(1 - alpha) CE + alpha KD`` with every
+other term the methods contribute. It names no method: each lives in its own module.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import Trainer, TrainerCallback, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import HubStrategy
+from transformers.utils.hub import PushInProgress
 
-from .augment import TL_PIXELS, maybe_augment, teacher_labelled_loss
-from .collators import AugmentationConfig, DistillationCollator, teacher_views
+from .batch import LABELS, PIXEL_VALUES, mixed_cross_entropy
+from .collators import AugmentationConfig, DistillationCollator
+from .composition import check_composition, requirements
 from .config import DistillationConfig
-from .data import class_names
-from .deit import DEIT_HEADS, deit_loss, deit_student_outputs, prepare_deit_student
+from .contract import TEACHER_NONE
+from .data import class_names, train_labels_by_sample_id
 from .distributed import autocast, autocast_dtype, integrity_module, place_teachers, to_channels_last
-from .features import build_feature_modules, build_feature_taps
 from .hub import (
     LoadedModel,
     Normalizer,
@@ -29,10 +39,17 @@ from .hub import (
     align_labels,
     forward_logits,
     load_model,
+    preprocess_of_processor,
     save_student,
 )
-from .losses import LOSSES, ModelOutputs, kd_loss, kd_loss_standardized
-from .online import build_peers, save_peer
+from .losses import ModelOutputs
+from .method import Build, Term
+from .metrics import DistillationMetrics, WithTeacherMetrics, split_predictions
+from .mixing import mix_config_of
+from .model import DistillationModule
+from .optim import build_optimizer
+from .registry import METHODS, TEACHER_SOURCES, teacher_source_class
+from .release import check_push_settings, upload_student, write_release_files
 from .reliability import (
     AtomicCheckpointMixin,
     SigtermCheckpointCallback,
@@ -44,7 +61,16 @@ from .reliability import (
     load_model_or_explain,
     teacher_modules,
 )
-from .teacher import Teacher, TeacherEnsemble, forward_kwargs, probe_num_outputs
+from .teacher import (
+    LiveTeacher,
+    Teacher,
+    TeacherEnsemble,
+    TeacherSource,
+    forward_kwargs,
+    probe_num_outputs,
+    teacher_sizes_of,
+)
+from .terms import kd_function, resolve_terms, term_needs
 
 logger = logging.getLogger(__name__)
 
@@ -63,62 +89,149 @@ class _EpochCallback(TrainerCallback):
             self.collator.set_epoch(math.floor(state.epoch + 1e-6))
 
 
-class DistillationModule(nn.Module):
-    """``Trainer.model`` when there are trainable auxiliary modules: the student plus every one of them
-    (projectors, self-learning teachers, peer students …), so the optimizer, DDP/FSDP/DeepSpeed and
-    checkpoints cover all trained parameters with no special case.
-
-    Its forward runs the student and then each auxiliary module as ``module(student, teacher, batch)``,
-    inside the one forward the distributed wrapper sees; what they return lands in
-    ``ModelOutputs.auxiliary[name]``. ``save_model`` still writes the student alone.
-    """
-
-    def __init__(
-        self,
-        student: nn.Module,
-        auxiliary: dict[str, nn.Module],
-        library: str,
-        student_kwargs: dict,
-        feature_tap: Any = None,
-    ):
-        super().__init__()
-        self.student = student
-        self.auxiliary = nn.ModuleDict(auxiliary)
-        self.library = library
-        self.student_kwargs = dict(student_kwargs)
-        # hf_distill.features.FeatureTap: when set, the student's forward also returns tapped features.
-        self.feature_tap = feature_tap
-
-    def forward(
-        self,
-        pixel_values: Tensor,
-        teacher: ModelOutputs | None = None,
-        batch: dict[str, Tensor] | None = None,
-    ) -> ModelOutputs:
-        if self.feature_tap is not None:
-            outputs = ModelOutputs(*self.feature_tap(self.student, pixel_values, **self.student_kwargs))
-        else:
-            outputs = ModelOutputs(
-                forward_logits(self.student, pixel_values, self.library, **self.student_kwargs)
-            )
-        for name, module in self.auxiliary.items():
-            outputs.auxiliary[name] = module(outputs, teacher, batch if batch is not None else {})
-        return outputs
-
-
-def _check_dataset(dataset: Dataset | None, name: str, config: DistillationConfig) -> None:
+def _check_dataset(
+    dataset: Dataset | None, name: str, config: DistillationConfig, own_collator: bool = True
+) -> None:
+    """Refuse an empty dataset, a missing image column (only the built-in collator reads it; a user's
+    ``data_collator`` decides what it reads), unusable labels and undecodable first images."""
     if dataset is None:
         return
     if len(dataset) == 0:
         raise ValueError(f"{name} is empty; give a dataset with at least one image")
     columns = getattr(dataset, "column_names", None)
-    if columns is not None and config.image_column_name not in columns:
+    if own_collator and columns is not None and config.image_column_name not in columns:
         raise ValueError(
             f"{name} has no column '{config.image_column_name}' (columns: {columns}); set "
             "DistillationConfig.image_column_name to the column that holds the images"
         )
     check_labels(dataset, config.label_column_name, name)  # -1 / out-of-range ids, before any step
     check_first_images(dataset, config.image_column_name, name)
+
+
+# The Hugging Face knowledge-distillation guide's trainer keywords, and where they live here.
+_GUIDE_LOSS_KEYWORDS = {"temperature": "temperature", "lambda_param": "alpha", "alpha": "alpha"}
+
+
+def _config_from_training_arguments(args: TrainingArguments) -> DistillationConfig:
+    """A ``DistillationConfig`` with the values a plain ``TrainingArguments`` was given (those that differ from
+    ``TrainingArguments``' defaults; the rest, and every distillation field, at ``DistillationConfig``'s)."""
+    values = {}
+    for spec in dataclasses.fields(TrainingArguments):
+        if not spec.init or spec.name == "remove_unused_columns":  # the collator needs the image column
+            continue
+        value = getattr(args, spec.name)
+        if spec.default is not dataclasses.MISSING:
+            default = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            default = spec.default_factory()
+        else:
+            default = dataclasses.MISSING
+        try:
+            same = bool(value == default)
+        except Exception:  # values without a plain equality
+            same = False
+        if not same:
+            values[spec.name] = value
+    return DistillationConfig(**values)
+
+
+def _user_arguments(
+    model: Any, teacher_model: Any, args: Any, kwargs: dict[str, Any]
+) -> tuple[Any, Any, DistillationConfig | None]:
+    """The student, teacher and config from the ways users write them (``Trainer``'s positional
+    ``(model, args)``, the guide's ``student_model=``, a plain ``TrainingArguments``), or a one-line
+    TypeError naming the fix. ``kwargs`` loses the keywords handled here."""
+    if "student_model" in kwargs:
+        student_model = kwargs.pop("student_model")
+        if model is not None:
+            raise TypeError("give the student once: `model=` or `student_model=`, not both")
+        model = student_model
+    misplaced = {key: kwargs.pop(key) for key in list(kwargs) if key in _GUIDE_LOSS_KEYWORDS}
+    if misplaced:
+        settings = ", ".join(f"{_GUIDE_LOSS_KEYWORDS[key]}={value!r}" for key, value in misplaced.items())
+        note = " (lambda_param, the KD weight, is `alpha`)" if "lambda_param" in misplaced else ""
+        verb = "belongs" if len(misplaced) == 1 else "belong"
+        raise TypeError(
+            f"{', '.join(misplaced)} {verb} in the config: args=DistillationConfig(..., {settings}){note}"
+        )
+    if isinstance(model, TrainingArguments):
+        raise TypeError(
+            "the first argument is the student: DistillationTrainer(model, teacher_model, args, ...)"
+        )
+    if isinstance(teacher_model, TrainingArguments):  # Trainer's positional order: (model, args, ...)
+        if args is not None:
+            raise TypeError(
+                "the second argument is the teacher: DistillationTrainer(model, teacher_model, args, ...)"
+            )
+        args, teacher_model = teacher_model, None
+    if args is not None and not isinstance(args, TrainingArguments):
+        raise TypeError(
+            f"args must be a DistillationConfig, got {type(args).__name__}: args=DistillationConfig(output_dir=..., ...)"
+        )
+    if args is not None and not isinstance(args, DistillationConfig):
+        logger.warning(
+            "args is a plain %s: using DistillationConfig with its values and the distillation defaults "
+            "(temperature=%s, alpha=%s); pass DistillationConfig(...) to set those",
+            type(args).__name__,
+            DistillationConfig.temperature,
+            DistillationConfig.alpha,
+        )
+        args = _config_from_training_arguments(args)
+    return model, teacher_model, args
+
+
+def _has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def _single_sample_last_batch(num_samples: int, args: DistillationConfig) -> bool:
+    """Whether some process's last training batch holds one sample. Under several processes Accelerate
+    (``even_batches``, the default) completes the last batches from the start of the epoch, so only an
+    uneven split leaves the one-sample remainder with one process."""
+    if args.dataloader_drop_last or args.train_batch_size < 2:
+        return False
+    if args.world_size > 1 and getattr(args.accelerator_config, "even_batches", True):
+        return False
+    return num_samples % args.train_batch_size == 1
+
+
+_UINT8_FIX = (
+    "return uint8 pixel_values in [0, 255], shape (B, 3, H, W), not normalised (e.g. "
+    "torch.from_numpy(np.array(image.convert('RGB'))).permute(2, 0, 1)): the trainer normalises each model "
+    "itself, with its own mean/std; or leave data_collator unset to use the built-in one"
+)
+
+
+def check_user_batch(batch: Any, where: str = "data_collator") -> None:
+    """A user's collator must hand over the batch schema's uint8 views (:mod:`hf_distill.batch`); a float
+    batch is almost always already normalised (an image processor's output) and would be normalised twice."""
+    if not isinstance(batch, Mapping) or PIXEL_VALUES not in batch:
+        keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+        raise ValueError(f"{where} returned no '{PIXEL_VALUES}' (got {keys}); {_UINT8_FIX}")
+    for key, value in batch.items():
+        if not key.endswith(PIXEL_VALUES):
+            continue
+        if not isinstance(value, Tensor) or value.ndim != 4:
+            shape = tuple(value.shape) if hasattr(value, "shape") else type(value).__name__
+            raise ValueError(f"{where} returned '{key}' of shape {shape}; {_UINT8_FIX}")
+        if value.dtype != torch.uint8:
+            detail = str(value.dtype)
+            if value.is_floating_point() and value.numel():
+                detail += f" in [{float(value.min()):.2f}, {float(value.max()):.2f}], normalised already?"
+            raise ValueError(f"{where} returned {detail} '{key}'; {_UINT8_FIX}")
+
+
+class _StudentLogitsOnly:
+    """A user's ``preprocess_logits_for_metrics`` applied to the student's logits; the teacher's pass as they
+    are, for the teacher metrics."""
+
+    def __init__(self, preprocess: Callable):
+        self.preprocess = preprocess
+
+    def __call__(self, logits: Any, labels: Any) -> Any:
+        student, teacher = split_predictions(logits)
+        reduced = self.preprocess(student, labels)
+        return reduced if teacher is None else (reduced, teacher)
 
 
 def _with_sample_ids(dataset: Dataset) -> Dataset:
@@ -132,10 +245,20 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
 
     ``model`` / ``teacher_model`` accept an ``nn.Module``, a Hub id, a local directory (transformers or timm
     layout) or, for the student, a timm architecture name; a fresh student's classifier and id2label come
-    from the training dataset's ``ClassLabel``. Everything is checked here, before training starts.
+    from the training dataset's ``ClassLabel``. Everything is checked here, before training starts: a
+    combination of settings that cannot be computed as configured is refused with a message naming both.
 
-    ``Trainer.model`` is the student itself, so the optimizer, DDP/FSDP/DeepSpeed and checkpoints see exactly
-    the trained parameters; the teacher is kept outside it, frozen, on the accelerator's device.
+    Each model is normalised with its own mean/std: the config's ``student_image_mean/std`` /
+    ``teacher_image_mean/std``, else ``processing_class=`` (the student's image processor) /
+    ``teacher_processing_class=``, else what the model carries (a timm ``pretrained_cfg``, a transformers
+    model's saved image processor); a model with none of these is refused. ``Trainer``'s habits work too:
+    ``DistillationTrainer(model, args)``, ``student_model=``, a plain ``TrainingArguments`` (converted), a
+    ``compute_metrics`` that expects the student's logits (the teacher metrics are added beside its keys). A
+    user's ``data_collator`` serves training and evaluation and must return uint8 ``pixel_values``.
+
+    ``Trainer.model`` is the student itself (or the student plus the methods' trainable modules), so the
+    optimizer, DDP/FSDP/DeepSpeed and checkpoints see exactly the trained parameters; the teacher is kept
+    outside it, frozen, on the accelerator's device.
     """
 
     def __init__(
@@ -150,42 +273,42 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple[Any, Any] = (None, None),
         auxiliary_modules: dict[str, nn.Module] | None = None,
+        teacher_processing_class: Any = None,
         **kwargs: Any,
     ):
+        model, teacher_model, args = _user_arguments(model, teacher_model, args, kwargs)
         if args is None:
             args = DistillationConfig(output_dir="hf_distill_output")
-        if not isinstance(args, DistillationConfig):
-            raise TypeError(f"args must be a DistillationConfig, got {type(args).__name__}")
-        from .release import check_push_settings
-
+        # `processing_class=` (Trainer's own argument) is the student's image processor; a timm data config
+        # (a dict) stays here, Trainer would take it for a tokenizer.
+        processing_class = kwargs.get("processing_class")
+        if isinstance(processing_class, Mapping):
+            kwargs.pop("processing_class")
+        self._teacher_processing_class = teacher_processing_class
+        user_collator = data_collator is not None
         check_push_settings(args)  # again here: set_push_to_hub() may have turned pushing on after validation
         model = model if model is not None else args.student_model_name_or_path
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
-        self.label_bank = None
-        bank_teacher_sources = None
-        if args.teacher_label_bank is not None:  # a label bank replaces the teacher: never loaded or run
-            from .label_bank import teacher_sources
-
-            bank_teacher_sources, teacher_model = teacher_sources(teacher_model), None
+        source_class = teacher_source_class(args, has_teacher=teacher_model is not None)
         if model is None:
             raise ValueError("no student: pass `model=` or set DistillationConfig.student_model_name_or_path")
-        if (
-            teacher_model is None
-            and args.teacher_label_bank is None
-            and (
-                args.alpha > 0
-                or any(getattr(LOSSES.get(t, t), "needs_teacher", True) for t in args.loss_types)
-            )
-        ):
+        labelled_train = train_dataset is None or args.label_column_name in getattr(
+            train_dataset, "column_names", []
+        )
+        needs = requirements(args, labelled=labelled_train)
+        teacher_needs = [n for _, n in needs if n.teacher != TEACHER_NONE or n.features]
+        if source_class is None and teacher_needs:
+            if teacher_needs[0].without_teacher:
+                raise ValueError(f"DistillationConfig.{teacher_needs[0].without_teacher}")
             raise ValueError(
                 "no teacher: pass `teacher_model=` or set DistillationConfig.teacher_model_name_or_path "
                 "(training without a teacher needs alpha=0 and no loss_types: plain supervised training)"
             )
 
-        _check_dataset(train_dataset, "train_dataset", args)
+        _check_dataset(train_dataset, "train_dataset", args, own_collator=not user_collator)
         eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {"eval_dataset": eval_dataset}
         for name, dataset in eval_sets.items():
-            _check_dataset(dataset, name, args)
+            _check_dataset(dataset, name, args, own_collator=not user_collator)
 
         self.label_names_ = self._resolve_label_names(train_dataset, eval_sets, args)
         # A student built from a name gets its initial weights from args.seed, as Trainer's model_init would:
@@ -204,7 +327,15 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             "model",
         )
         self.student_library = student.library
-        self.student_preprocess = self._preprocess(student, args.image_size, args.interpolation)
+        self.student_preprocess = self._preprocess(
+            student,
+            args.image_size,
+            args.interpolation,
+            role="student",
+            processor=processing_class,
+            mean=args.student_image_mean,
+            std=args.student_image_std,
+        )
 
         num_student_outputs = probe_num_outputs(
             student.module, student.library, self.student_preprocess, "image_size"
@@ -215,76 +346,128 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
                 f"classes {self.label_names_}; give a student with a matching head or a timm/transformers source "
                 "whose head we can size"
             )
-        self.teacher: Teacher | None = None
-        if teacher_model is not None:
-            self.teacher = self._build_teacher(teacher_model, args)
+        # The methods this config enables (hf_distill.registry), each refusing what it cannot combine with.
+        self.methods = [method(args) for method in METHODS if method.enabled(args)]
+        for method in self.methods:
+            reason = method.refuse(args)
+            if reason is not None:
+                raise ValueError(f"DistillationConfig: {reason}")
+        self.teacher: Teacher | Any | None = None  # the frozen model(s) behind the source
+        self.teacher_source: TeacherSource | None = None
+        if source_class is not None:
+            self.teacher_source = self._build_teacher_source(source_class, teacher_model, args)
+            self.teacher = self.teacher_source.teacher
         self.student_source = student.source if isinstance(model, str) else None
-        prepare_deit_student(student.module, student.library, args.deit_distillation)  # DeiT heads (deit.py)
-
-        if data_collator is None:
-            data_collator = self.build_collator(args, train=True)
-            data_collator = maybe_augment(
-                data_collator, args, self.student_preprocess.mean, has_teacher=self.teacher is not None
-            )
-        self.eval_collator = self.build_collator(args, train=False)
-        self.extra_terms = self._resolve_terms(args)
-        if train_dataset is not None and isinstance(train_dataset, Dataset):
-            # Decoding in the collator lets a corrupt image be reported with its sample id.
-            bank_source = train_dataset
-            train_dataset = defer_image_decoding(_with_sample_ids(train_dataset), args.image_column_name)
-            if args.teacher_label_bank is not None:
-                from .label_bank import attach_label_bank
-
-                self.label_bank, data_collator = attach_label_bank(
-                    args, data_collator, bank_source, train_dataset, self.label_names_, bank_teacher_sources
-                )
-
         self._student_kwargs = forward_kwargs(
             student.module, student.library, self.student_preprocess.image_size
         )
         self.num_train_samples = len(train_dataset) if train_dataset is not None else None
-        self.feature_taps = build_feature_taps(
-            args,
-            student.module,
-            student.library,
-            self.student_preprocess.image_size,
-            self._student_kwargs,
-            self.teacher,
-            self.extra_terms,
-        )  # None unless a configured term compares features
-        auxiliary = {**self.build_auxiliary_modules(args, student), **(auxiliary_modules or {})}
+        build = Build(
+            args=args,
+            student=student,
+            student_preprocess=self.student_preprocess,
+            student_kwargs=self._student_kwargs,
+            teacher=self.teacher,
+            label_names=self.label_names_,
+            num_train_samples=self.num_train_samples,
+            train_labels=train_labels_by_sample_id(train_dataset, args.label_column_name),
+            terms=resolve_terms(args),
+        )
+        self._renders_teacher_view = any(n.teacher_view for _, n in needs)
+        for method in self.methods:
+            method.prepare_student(build)
+
+        if data_collator is None:
+            data_collator = self.build_collator(args, train=True)
+            for method in self.methods:
+                data_collator = method.wrap_collator(data_collator, build)
+            self.eval_collator = self.build_collator(args, train=False)
+        else:
+            # Training and evaluation go through the same preprocessing: the user's collator for both, its
+            # first batch checked now against the batch schema (uint8 views, normalised on the device).
+            self._probe_user_collator(data_collator, train_dataset, eval_sets)
+            self.eval_collator = data_collator
+        self._user_collator = user_collator
+        if train_dataset is not None and isinstance(train_dataset, Dataset):
+            source_dataset = train_dataset
+            train_dataset = _with_sample_ids(train_dataset)
+            if (
+                not user_collator
+            ):  # decoding in our collator lets a corrupt image be reported with its sample id
+                train_dataset = defer_image_decoding(train_dataset, args.image_column_name)
+            if self.teacher_source is not None:
+                data_collator = self.teacher_source.attach(
+                    data_collator, source_dataset, train_dataset, self.label_names_
+                )
+        check_composition(
+            args, self.teacher_source.provides(True) if self.teacher_source else None, labelled=labelled_train
+        )
+
+        for method in self.methods:  # checks that need the loaded models
+            method.check(build)
+        if build.teacher_tap is not None:  # tapped teacher outputs come from the same forward as its logits
+            self.teacher_source.set_feature_tap(build.teacher_tap)
+        auxiliary: dict[str, nn.Module] = {}
+        for method in self.methods:
+            auxiliary.update(method.auxiliary_modules(build))
+            build.terms.extend(method.terms(build))
+        auxiliary.update(auxiliary_modules or {})
+        self.extra_terms: list[Term] = build.terms
+        self._epoch_terms = {
+            term.name for term in self.extra_terms if "epoch" in inspect.signature(term.fn).parameters
+        }
+        self._teacher_free_terms = {
+            term.name
+            for term in self.extra_terms
+            if term_needs(term).teacher == TEACHER_NONE and not term_needs(term).features
+        }
+        self.kd = kd_function(args)
         trained: nn.Module = student.module
-        if args.deit_distillation != "none" and (auxiliary or self.feature_taps is not None):
-            raise ValueError(
-                f"DistillationConfig.deit_distillation={args.deit_distillation!r} does not combine with feature terms "
-                "or auxiliary modules (the DeiT heads bypass their wrapper); drop those loss_types or set "
-                "deit_distillation='none'"
-            )
-        if auxiliary or self.feature_taps is not None:
+        if auxiliary or build.student_tap is not None:
             trained = DistillationModule(
                 student.module,
                 auxiliary,
                 student.library,
                 self._student_kwargs,
-                feature_tap=self.feature_taps.student if self.feature_taps is not None else None,
+                feature_tap=build.student_tap,
             )
 
+        # A BatchNorm network in training cannot take a batch of one sample ("Expected more than 1 value per
+        # channel"): such a last batch of the epoch is dropped instead of failing after the epoch's work.
+        self._drop_single_sample_batch = bool(
+            self.num_train_samples
+            and _single_sample_last_batch(self.num_train_samples, args)
+            and _has_batch_norm(trained)
+        )
+        if self._drop_single_sample_batch:
+            logger.warning(
+                "the last training batch of each epoch would hold 1 sample (%d samples, batch size %d), which "
+                "the BatchNorm layers of the trained model cannot take in training: it is dropped "
+                "(dataloader_drop_last=True for training); change the batch size to keep it",
+                self.num_train_samples,
+                args.train_batch_size,
+            )
         super().__init__(
             model=trained,
             args=args,
             data_collator=data_collator,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
-            compute_metrics=compute_metrics if compute_metrics is not None else self._default_metrics(),
-            # Auxiliary modules that are also TrainerCallbacks follow the loop (e.g. SLKD's sequential phases).
+            compute_metrics=self._metrics_function(compute_metrics, args),
+            # Auxiliary modules that are also TrainerCallbacks follow the loop (a method's phases).
             callbacks=[
                 _EpochCallback(data_collator),
                 *(m for m in auxiliary.values() if isinstance(m, TrainerCallback)),
+                *(c for method in self.methods for c in method.callbacks()),
                 *(callbacks or []),
             ],
             optimizers=optimizers,
             **kwargs,
         )
+        if (
+            self.preprocess_logits_for_metrics is not None
+        ):  # written for Trainer: it reduces the student's logits
+            self.preprocess_logits_for_metrics = _StudentLogitsOnly(self.preprocess_logits_for_metrics)
         # Our loss is a batch mean, so the Trainer must divide it by the accumulation steps: GA=k at B/k then
         # equals GA=1 at B.
         self.model_accepts_loss_kwargs = False
@@ -307,7 +490,18 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         if args.channels_last:
             to_channels_last(self.model)
         self.student_normalizer.to(self.accelerator.device)
-        self.teacher_cache = self._load_teacher_cache(args) if self.uses_teacher_cache(args) else None
+        if self.teacher_source is not None:
+            self.teacher_source.prepare(self)  # e.g. stored teacher outputs are read or computed here
+        # What the methods and the source publish as trainer attributes.
+        for published in (*METHODS, *TEACHER_SOURCES):
+            for name, value in published.default_exports.items():
+                setattr(self, name, value)
+        for method in self.methods:
+            for name, value in method.exports(self).items():
+                setattr(self, name, value)
+        if self.teacher_source is not None:
+            for name, value in self.teacher_source.exports().items():
+                setattr(self, name, value)
         self._term_sums: dict[str, Tensor] = {}
         self._term_count = 0
         if args.verify_teacher_integrity:
@@ -318,8 +512,22 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             self.add_callback(SigtermCheckpointCallback())
 
     # ------------------------------------------------------------------------------------------- set-up
+    def _build_teacher_source(self, source_class: type, teacher_model: Any, args: DistillationConfig):
+        """The teacher source the config selects; the teacher model is loaded unless the source replaces it."""
+        if not source_class.loads_teacher:
+            return source_class(args, teacher_model)
+        ensemble = isinstance(teacher_model, (list, tuple)) and len(teacher_model) > 1
+        processor = None if ensemble else self._teacher_processor(0, 1)  # an ensemble's: per member
+        teacher = self._build_teacher(teacher_model, args, processor=processor)
+        live = LiveTeacher(teacher, args)
+        return live if source_class is LiveTeacher else source_class(live, args)
+
     def _build_teacher(
-        self, teacher_model: nn.Module | str | list, args: DistillationConfig, image_size: int | None = None
+        self,
+        teacher_model: nn.Module | str | list,
+        args: DistillationConfig,
+        image_size: int | None = None,
+        processor: Any = None,
     ) -> Teacher | TeacherEnsemble:
         if isinstance(teacher_model, (list, tuple)):
             if len(teacher_model) > 1:
@@ -332,7 +540,15 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             "teacher_model_name_or_path",
             "teacher_model",
         )
-        preprocess = self._preprocess(teacher, image_size or args.teacher_image_size, None)
+        preprocess = self._preprocess(
+            teacher,
+            image_size or args.teacher_image_size,
+            None,
+            role="teacher",
+            processor=processor,
+            mean=args.teacher_image_mean,
+            std=args.teacher_image_std,
+        )
         num_outputs = probe_num_outputs(teacher.module, teacher.library, preprocess, "teacher_image_size")
         try:
             label_index = align_labels(teacher.label_names, self.label_names_, num_outputs)
@@ -350,42 +566,11 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
                 f"DistillationConfig.teacher_image_sizes has {len(sizes)} entries for {len(teacher_models)} "
                 "teachers; give one size per teacher"
             )
-        members = [self._build_teacher(model, args, size) for model, size in zip(teacher_models, sizes)]
+        members = [
+            self._build_teacher(model, args, size, self._teacher_processor(index, len(teacher_models)))
+            for index, (model, size) in enumerate(zip(teacher_models, sizes))
+        ]
         return TeacherEnsemble(members, temperature=args.temperature)
-
-    @staticmethod
-    def uses_teacher_cache_for(args: DistillationConfig, has_teacher: bool) -> bool:
-        return has_teacher and args.use_teacher_cache and args.teacher_input.startswith("fix/")
-
-    def uses_teacher_cache(self, args: DistillationConfig) -> bool:
-        """fix/* teacher inputs read precomputed teacher outputs (see hf_distill.teacher_cache)."""
-        return self.uses_teacher_cache_for(args, getattr(self, "teacher", None) is not None)
-
-    def _load_teacher_cache(self, args: DistillationConfig):
-        from .teacher_cache import load_or_build_cache
-
-        if not isinstance(self.train_dataset, Dataset):
-            return None
-        collator = self.build_collator(args, train=True)
-        # The main process computes and writes the cache; the others then read it.
-        with self.accelerator.main_process_first():
-            return load_or_build_cache(
-                self.teacher,
-                self.train_dataset,
-                args.teacher_input,
-                augmentation=collator.augmentation,
-                cache_dir=args.teacher_cache_dir,
-                topk=args.teacher_cache_topk,
-                interpolation=collator.teacher_interpolation,
-                image_column=args.image_column_name,
-                temperature=args.temperature,
-                ic_ens_crops=args.ic_ens_crops,
-                seed=args.seed,
-                batch_size=args.per_device_eval_batch_size,
-                device=self.accelerator.device,
-                label_names=self.label_names_,
-                write=self.accelerator.is_main_process,
-            )
 
     def create_optimizer(self, model: nn.Module | None = None):
         """AdamW and the other `optim` choices: the Trainer's own; Shampoo/ScalableShampoo/SOAP: from
@@ -393,8 +578,6 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         args: DistillationConfig = self.args
         if args.optimizer_name == "adamw" or self.optimizer is not None:
             return super().create_optimizer(model)
-        from .optim import build_optimizer
-
         target = model if model is not None else self.model
         self.optimizer = build_optimizer(
             args.optimizer_name,
@@ -406,31 +589,15 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         )
         return self.optimizer
 
-    def build_auxiliary_modules(self, args: DistillationConfig, student: LoadedModel) -> dict[str, nn.Module]:
-        """Trainable modules the configured methods need beside the student (none for plain KD). Methods that
-        need some add them here; a user can also pass ``auxiliary_modules=`` to the trainer."""
-        modules: dict[str, nn.Module] = {}
-        if self.feature_taps is not None:  # fitnet projectors, vid regressors, crd memory bank
-            modules.update(
-                build_feature_modules(self.feature_taps, self.extra_terms, self.num_train_samples, args.seed)
-            )
-        if args.peer_model_names_or_paths:  # DML peers
-            modules.update(build_peers(args, self.label_names_, self.student_preprocess.image_size))
-        if args.slkd_num_teachers:  # SLKD: self-learning teachers plus their two loss terms
-            from .slkd import SLKD_NAME, build_self_learning_teachers, slkd_terms
-
-            self.extra_terms.extend(slkd_terms(args))
-            return {
-                **modules,
-                SLKD_NAME: build_self_learning_teachers(args, self.teacher, len(self.label_names_)),
-            }
-        return modules
-
     @property
     def student(self) -> nn.Module:
         """The student alone, unwrapped from DDP/DeepSpeed and from the auxiliary-module wrapper."""
-        model = self.unwrap(self.model)
-        return model.student if isinstance(model, DistillationModule) else model
+        return self.student_network(self.model)
+
+    @property
+    def student_kwargs(self) -> dict[str, Any]:
+        """Extra forward arguments of the student at its training resolution."""
+        return self._student_kwargs
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         """``accelerator.unwrap_model(model)``, remembered per model object: Accelerate's unwrapping checks
@@ -440,6 +607,17 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         if entry is None or entry[0] is not model:  # keep the object, so a reused id cannot match
             entry = memo[id(model)] = (model, self.accelerator.unwrap_model(model, keep_torch_compile=False))
         return entry[1]
+
+    def student_network(self, model: nn.Module) -> nn.Module:
+        """The module that runs the student alone: auxiliary modules belong to
+        the original images' loss and never see images made inside a step."""
+        unwrapped = self.unwrap(model)
+        return unwrapped.student if isinstance(unwrapped, DistillationModule) else model
+
+    def student_network_logits(self, network: nn.Module, pixels: Tensor) -> Tensor:
+        """The student network's logits on uint8 ``pixels`` (normalised here)."""
+        pixels = self.student_normalizer(pixels)
+        return forward_logits(network, pixels, self.student_library, **self._student_kwargs)
 
     def auxiliary_module(self, name: str) -> nn.Module:
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
@@ -466,15 +644,97 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             "labelled train or eval dataset (a ClassLabel column) or set DistillationConfig.label_column_name"
         )
 
+    def _teacher_processor(self, index: int, count: int) -> Any:
+        """The ``teacher_processing_class=`` entry of teacher ``index`` of ``count`` (one processor for one
+        teacher, a list with one per member for an ensemble)."""
+        given = getattr(self, "_teacher_processing_class", None)
+        if given is None or not isinstance(given, (list, tuple)):
+            if given is not None and count > 1:
+                raise TypeError(
+                    f"teacher_processing_class= is one processor for {count} teachers; give a list with one "
+                    "per teacher (None where the teacher has its own)"
+                )
+            return given
+        if len(given) != count:
+            raise TypeError(f"teacher_processing_class= lists {len(given)} processors for {count} teachers")
+        return given[index]
+
     @staticmethod
-    def _preprocess(loaded: LoadedModel, image_size: int | None, interpolation: str | None) -> PreprocessSpec:
+    def _preprocess(
+        loaded: LoadedModel,
+        image_size: int | None,
+        interpolation: str | None,
+        *,
+        role: str | None = None,
+        processor: Any = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ) -> PreprocessSpec:
+        """How ``loaded`` is fed: ``image_size`` / ``interpolation`` when set, normalisation from, in order,
+        the config's ``<role>_image_mean/std``, the ``processor`` the user passed (``processing_class=`` for
+        the student, ``teacher_processing_class=`` for the teacher), and what the model carries itself
+        (:func:`hf_distill.hub.load_model`). A model that carries none (a plain ``nn.Module``) with neither
+        setting is refused: its statistics would be invented."""
         spec = loaded.preprocess
+        if processor is not None:
+            argument = "processing_class" if role == "student" else "teacher_processing_class"
+            try:
+                spec = preprocess_of_processor(processor, getattr(loaded.module, "config", None))
+            except TypeError as error:
+                raise TypeError(
+                    f"`{argument}=`: {error}; give the {role}'s image processor (e.g. "
+                    f"AutoImageProcessor.from_pretrained(...)) or set DistillationConfig.{role}_image_mean/std"
+                ) from None
+            if image_size is None and loaded.preprocess_known:
+                # The model's own resolution stays unless the processor is the only source.
+                spec = dataclasses.replace(spec, image_size=loaded.preprocess.image_size)
+        elif role is not None and mean is None and not loaded.preprocess_known:
+            argument = "processing_class" if role == "student" else "teacher_processing_class"
+            what = "a plain nn.Module" if loaded.library == "torch" else f"'{loaded.source or 'the model'}'"
+            raise ValueError(
+                f"DistillationConfig.{role}_image_mean/{role}_image_std: the {role} ({what}) has no image "
+                f"processor, so the mean/std its inputs are normalised with is unknown; set both (ImageNet: "
+                f"[0.485, 0.456, 0.406] / [0.229, 0.224, 0.225]) or pass `{argument}=` its image processor"
+            )
+        if mean is not None:
+            spec = dataclasses.replace(spec, mean=tuple(mean), std=tuple(std))
         return PreprocessSpec(
             image_size=image_size or spec.image_size,
-            mean=spec.mean,
-            std=spec.std,
+            mean=tuple(spec.mean),
+            std=tuple(spec.std),
             interpolation=interpolation or spec.interpolation,
         )
+
+    def _metrics_function(self, compute_metrics: Callable | None, args: DistillationConfig) -> Callable:
+        """``compute_metrics`` for the Trainer: ours by default; a user's, written for ``Trainer`` (student
+        logits as predictions), wrapped so the teacher metrics are still reported beside its own."""
+        if compute_metrics is None:
+            return DistillationMetrics()
+        if isinstance(compute_metrics, (DistillationMetrics, WithTeacherMetrics)):
+            return compute_metrics
+        if args.batch_eval_metrics and "compute_result" not in inspect.signature(compute_metrics).parameters:
+            raise ValueError(
+                "compute_metrics: with DistillationConfig.batch_eval_metrics=True it must take a `compute_result` "
+                "argument (True on the last batch), as for Trainer"
+            )
+        return WithTeacherMetrics(compute_metrics)
+
+    def _probe_user_collator(self, collator: Callable, train_dataset: Any, eval_sets: dict) -> None:
+        """Collate the first two rows of the first dataset now, so a batch the trainer cannot use (float,
+        already normalised pixels; no ``pixel_values``) is refused before training, with the reason."""
+        dataset = next((d for d in (train_dataset, *eval_sets.values()) if d is not None), None)
+        if not isinstance(dataset, Dataset):
+            return
+        rows = [dataset[index] for index in range(min(2, len(dataset)))]
+        check_user_batch(collator(rows))
+
+    def teacher_view_sizes(self, train: bool) -> tuple[int, ...]:
+        """The teacher resolutions the collator renders views at: what the teacher source reads, and in
+        training also the teacher's own resolutions when a method runs a network on the teacher's view."""
+        sizes = self.teacher_source.teacher_view_sizes(train) if self.teacher_source is not None else ()
+        if train and not sizes and getattr(self, "_renders_teacher_view", False):
+            sizes = teacher_sizes_of(self.teacher)
+        return sizes
 
     def build_collator(self, args: DistillationConfig, train: bool) -> DistillationCollator:
         """The collator for training (augmented views) or evaluation (the central view)."""
@@ -482,13 +742,11 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         teacher_interpolation = teacher.interpolation if teacher is not None else "bilinear"
         if teacher_interpolation not in ("bilinear", "bicubic", "nearest"):
             teacher_interpolation = "bilinear"
+        sizes = self.teacher_view_sizes(train)
         return DistillationCollator(
             student_size=self.student_preprocess.image_size,
-            # With the fixed-teacher cache the training batches need no teacher view at all.
-            teacher_size=None
-            if teacher is None or (train and self.uses_teacher_cache(args))
-            else teacher.image_size,
-            extra_teacher_sizes=tuple(getattr(self.teacher, "image_sizes", ())),
+            teacher_size=sizes[0] if sizes else None,
+            extra_teacher_sizes=tuple(sizes[1:]),
             teacher_input=args.teacher_input,
             augmentation=AugmentationConfig(
                 crop=args.crop,
@@ -503,113 +761,80 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             label_column=args.label_column_name,
             student_interpolation=self.student_preprocess.interpolation,
             teacher_interpolation=teacher_interpolation,
-            mix_config=args.mix_config(),
+            mix_config=mix_config_of(args),
         )
-
-    @staticmethod
-    def _resolve_terms(args: DistillationConfig) -> list[tuple[str, Callable, float, dict[str, Any]]]:
-        terms = []
-        for loss, weight in zip(args.loss_types, args.loss_weights):
-            fn = loss if callable(loss) else LOSSES[loss]
-            name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
-            params = dict(args.loss_kwargs.get(name, {}))
-            accepted = inspect.signature(fn).parameters
-            if "temperature" in accepted and "temperature" not in params:
-                params["temperature"] = args.temperature
-            terms.append((name, fn, float(weight), params))
-        return terms
-
-    def _default_metrics(self) -> Callable | None:
-        from .metrics import DistillationMetrics
-
-        return DistillationMetrics()
 
     # ---------------------------------------------------------------------------------------- forward
     def student_logits(self, model: nn.Module, pixel_values: Tensor) -> Tensor:
-        return self.student_outputs(model, {"pixel_values": pixel_values}, None).logits
+        return self.student_outputs(model, {PIXEL_VALUES: pixel_values}, None).logits
 
     def student_outputs(
         self, model: nn.Module, inputs: dict[str, Tensor], teacher: ModelOutputs | None
     ) -> ModelOutputs:
         """The student's forward (and, through the wrapper, every auxiliary module's) on normalised pixels."""
-        pixels = self.student_normalizer(inputs["pixel_values"])
+        pixels = self.student_normalizer(inputs[PIXEL_VALUES])
         if isinstance(self.unwrap(model), DistillationModule):
             return model(pixel_values=pixels, teacher=teacher, batch=inputs)
-        if self.args.deit_distillation != "none":  # both heads; logits = their average, as at inference
-            return deit_student_outputs(model, pixels, self.student_library, **self._student_kwargs)
+        for method in self.methods:
+            outputs = method.student_outputs(self, model, pixels)
+            if outputs is not None:
+                return outputs
         return ModelOutputs(forward_logits(model, pixels, self.student_library, **self._student_kwargs))
 
     def teacher_outputs(self, inputs: dict[str, Tensor]) -> ModelOutputs:
-        """The teacher's logits and, when a configured term compares features, its tapped features."""
-        if self.feature_taps is None or self.teacher is None:
-            return ModelOutputs(self.teacher_logits(inputs))
-        pixels = inputs.get("teacher_pixel_values")
-        pixels = pixels if pixels is not None else inputs["pixel_values"]
-        return ModelOutputs(*self.teacher.forward_with_features(pixels, self.feature_taps.teacher))
-
-    def save_peer(self, name: str, output_dir: str) -> list[str]:
-        """Write DML peer ``name`` (``peer1`` …) alone in Hub layout, like ``save_model`` writes the student."""
-        return save_peer(self, name, output_dir)
+        """The teacher source's outputs for this batch: one call, whatever the source."""
+        if self.teacher_source is None:
+            return ModelOutputs(None)
+        return self.teacher_source(inputs, train=self.model.training)
 
     def teacher_logits(self, inputs: dict[str, Tensor]) -> Tensor | None:
-        if getattr(self, "label_bank", None) is not None and "bank_rows" in inputs:
-            stored = inputs.get("bank_logits")  # replay: the stored teacher output, read by the collator
-            return stored if stored is not None else self.label_bank.teacher_logits(inputs["bank_rows"])
-        if self.teacher is None:
-            return None
-        cache = getattr(self, "teacher_cache", None)
-        if cache is not None and self.model.training and "sample_ids" in inputs:
-            return cache.lookup(inputs["sample_ids"])  # fix/* modes: the teacher never runs while training
-        if isinstance(self.teacher, TeacherEnsemble):
-            return self.teacher(teacher_views(inputs))
-        pixels = inputs.get("teacher_pixel_values")
-        return self.teacher(pixels if pixels is not None else inputs["pixel_values"])
+        return self.teacher_outputs(inputs).logits
+
+    def kd_weight(self, inputs: dict[str, Tensor]) -> float:
+        """The weight of KD on the teacher's outputs: ``alpha``, or 1 when the batch has no labels (KD is
+        then the whole loss, for the original images and any images made from them alike)."""
+        return self.args.alpha if inputs.get(LABELS) is not None else 1.0
+
+    def zero_loss(self) -> Tensor:
+        return torch.zeros((), dtype=torch.float32, device=self.accelerator.device)
 
     def distillation_loss(
         self, student: ModelOutputs, teacher: ModelOutputs, inputs: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The weighted sum of every configured term (each in fp32) and the terms themselves."""
         args: DistillationConfig = self.args
-        labels = inputs.get("labels")
-        terms: dict[str, Tensor] = {}
-        total = student.logits.new_zeros((), dtype=torch.float32)
-        kd_weight = args.alpha if labels is not None else 1.0
-        deit = args.deit_distillation != "none" and DEIT_HEADS in student.auxiliary
-        if deit:  # CE on the class head, the teacher on the distillation head (hf_distill.deit)
-            total, terms = deit_loss(
-                student,
-                teacher,
-                labels,
-                mode=args.deit_distillation,
-                alpha=args.alpha,
-                temperature=args.temperature,
-                cross_entropy=lambda z, y: self.cross_entropy(z, y, inputs),
-            )
-        if not deit and labels is not None and args.alpha < 1.0:
-            terms["ce"] = self.cross_entropy(student.logits, labels, inputs)
-            total = total + (1.0 - args.alpha) * terms["ce"]
-        if not deit and kd_weight > 0.0 and teacher.logits is not None:
-            kd = kd_loss_standardized if args.logit_standardization else kd_loss
-            terms["kd"] = kd(student.logits, teacher.logits, args.temperature)
-            total = total + kd_weight * terms["kd"]
+        labels = inputs.get(LABELS)
+        base = next(
+            (out for m in self.methods if (out := m.base_loss(self, student, teacher, inputs)) is not None),
+            None,
+        )
+        if base is not None:
+            total, terms = base
+        else:
+            terms: dict[str, Tensor] = {}
+            total = student.logits.new_zeros((), dtype=torch.float32)
+            if labels is not None and args.alpha < 1.0:
+                terms["ce"] = self.cross_entropy(student.logits, labels, inputs)
+                total = total + (1.0 - args.alpha) * terms["ce"]
+            kd_weight = self.kd_weight(inputs)
+            if kd_weight > 0.0 and teacher.logits is not None:
+                terms["kd"] = self.kd(student.logits, teacher.logits, args.temperature)
+                total = total + kd_weight * terms["kd"]
+        training = self.model.training
         for name, fn, weight, params in self.extra_terms:
+            if teacher.logits is None and not teacher.features and name not in self._teacher_free_terms:
+                continue  # evaluation without a teacher (stored outputs only): nothing to compare with
+            if name in self._epoch_terms:
+                params = {**params, "epoch": self.state.epoch if training else None}
             terms[name] = fn(student, teacher, inputs, **params).float()
             total = total + weight * terms[name]
         return total, terms
 
-    def cross_entropy(self, logits: Tensor, labels: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """Hard-label CE in fp32; with batch mixing, the mixed-label CE lam*CE(y) + (1-lam)*CE(y[perm])."""
-        smoothing = self.args.label_smoothing_factor
-        logits = logits.float()
-        perm, lam = inputs.get("mix_perm"), inputs.get("mix_lam")
-        # label-bank replay: each sample's recorded partner need not be in the batch, so its label comes along
-        partner_labels = inputs.get("mix_partner_labels")
-        if perm is None and partner_labels is None:
-            return F.cross_entropy(logits, labels, label_smoothing=smoothing)
-        partner_labels = partner_labels if partner_labels is not None else labels[perm]
-        own = F.cross_entropy(logits, labels, reduction="none", label_smoothing=smoothing)
-        partner = F.cross_entropy(logits, partner_labels, reduction="none", label_smoothing=smoothing)
-        return (lam * own + (1.0 - lam) * partner).mean()
+    def cross_entropy(self, logits: Tensor, labels: Tensor | None, inputs: dict[str, Tensor]) -> Tensor:
+        """Hard-label CE in fp32; with batch mixing the mixed-label CE (:func:`hf_distill.batch.mixed_cross_entropy`)."""
+        if labels is not None and labels is not inputs.get(LABELS):
+            inputs = {**inputs, LABELS: labels}
+        return mixed_cross_entropy(logits, inputs, self.args.label_smoothing_factor)
 
     def compute_loss(
         self,
@@ -621,10 +846,11 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         teacher = self.teacher_outputs(inputs)
         student = self.student_outputs(model, inputs, teacher)
         loss, terms = self.distillation_loss(student, teacher, inputs)
-        if model.training and TL_PIXELS in inputs:  # TLmixup/TLCutMix images x': KD only, see augment.py
-            tl_loss, tl_terms = teacher_labelled_loss(self, model, inputs)
-            loss, terms = loss + tl_loss, {**terms, **tl_terms}
         if model.training:
+            for method in self.methods:  # losses on images made inside the step
+                extra = method.extra_loss(self, model, inputs, student, teacher)
+                if extra is not None:
+                    loss, terms = loss + extra[0], {**terms, **extra[1]}
             if self.args.check_finite_loss:
                 check_finite_terms(
                     terms,
@@ -644,6 +870,8 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         return autocast(self.accelerator.device, autocast_dtype(self.args.bf16, self.args.fp16))
 
     def _prepare_inputs(self, inputs):
+        if getattr(self, "_user_collator", False):  # dtype and shape only: no device sync
+            check_user_batch(inputs)
         inputs = super()._prepare_inputs(inputs)
         if self.args.channels_last:  # elementwise normalisation keeps the layout, so convert once here
             for key, value in inputs.items():
@@ -687,6 +915,16 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         finally:
             self.data_collator = original
 
+    def get_train_dataloader(self):
+        if not getattr(self, "_drop_single_sample_batch", False):
+            return super().get_train_dataloader()
+        drop_last = self.args.dataloader_drop_last
+        self.args.dataloader_drop_last = True
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.args.dataloader_drop_last = drop_last
+
     def get_eval_dataloader(self, eval_dataset=None):
         return self._with_collator(
             self.eval_collator, lambda: super(DistillationTrainer, self).get_eval_dataloader(eval_dataset)
@@ -709,8 +947,6 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         if _internal_call:
             return
         if self.args.write_model_card:
-            from .release import write_release_files
-
             write_release_files(self, output_dir)
         if self.args.push_to_hub:
             self._upload_student(output_dir, "Model save", self.args.hub_revision)
@@ -732,8 +968,6 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         """Write the distilled student's card (``README.md``, see :mod:`hf_distill.model_card`) and its training
         curve (``training_curve.png``) into ``output_dir``; ``license``, ``tags``, ``finetuned_from`` and
         ``dataset`` override what the card would say."""
-        from .release import write_release_files
-
         write_release_files(
             self,
             self.args.output_dir,
@@ -757,8 +991,6 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         outputs, optimizer state, checkpoints or auxiliary modules. The student and card are written to
         ``output_dir`` first; a failed upload leaves that directory complete and names the retry command.
         ``kwargs`` go to :meth:`create_model_card`."""
-        from .release import check_push_settings
-
         token = token if token is not None else self.args.hub_token
         # Also when args.push_to_hub is off: say what is missing before saving anything.
         check_push_settings(self.args, token=token, hub_model_id=self.hub_model_id, force=True)
@@ -781,8 +1013,6 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
     def _upload_student(self, output_dir, commit_message, revision, token=None, blocking=True):
         if not self.is_world_process_zero():
             return None
-        from .release import upload_student
-
         if self.hub_model_id is None:
             self.init_hf_repo(token=token)
         self._finish_current_push()
@@ -799,9 +1029,6 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """hub_strategy='every_save': upload the student of each checkpoint in the background (its files only;
         the checkpoint's optimizer state and auxiliary modules stay local)."""
-        from transformers.trainer_utils import HubStrategy
-        from transformers.utils.hub import PushInProgress
-
         if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
             return
         if (
@@ -811,8 +1038,6 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         ):
             return
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        from .release import upload_student
-
         job = upload_student(
             checkpoint_folder,
             self.hub_model_id,
@@ -845,10 +1070,9 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             label_names=self.label_names_,
             preprocess=self.student_preprocess,
             state_dict=student_state,
+            for_serving=not getattr(self, "_saving_checkpoint", False),
         )
         if auxiliary_state and getattr(self, "_saving_checkpoint", False):
-            from safetensors.torch import save_file
-
             tmp = os.path.join(output_dir, f".{AUXILIARY_WEIGHTS_NAME}.tmp")
             save_file({k: v.detach().contiguous().cpu() for k, v in auxiliary_state.items()}, tmp)
             os.replace(tmp, os.path.join(output_dir, AUXILIARY_WEIGHTS_NAME))
@@ -859,8 +1083,6 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         )
         if not isinstance(wrapper, DistillationModule) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        from safetensors.torch import load_file
-
         student_file = os.path.join(resume_from_checkpoint, "model.safetensors")
         auxiliary_file = os.path.join(resume_from_checkpoint, AUXILIARY_WEIGHTS_NAME)
         for path in (student_file, auxiliary_file) if len(wrapper.auxiliary) else (student_file,):
@@ -869,7 +1091,7 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
                     f"checkpoint {resume_from_checkpoint} has no {os.path.basename(path)}; cannot resume"
                 )
         wrapper.student.load_state_dict(load_file(student_file, device="cpu"))
-        if not len(wrapper.auxiliary):  # a feature-tap wrapper with nothing trainable beside the student
+        if not len(wrapper.auxiliary):  # a wrapper with nothing trainable beside the student
             return
         auxiliary = {k[len("auxiliary.") :]: v for k, v in load_file(auxiliary_file, device="cpu").items()}
         wrapper.auxiliary.load_state_dict(auxiliary)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_distill import DistillationTrainer
-from hf_distill.losses import at_loss, kd_loss_standardized, rkd_loss
+from hf_distill.losses import at_loss, dkd_loss, kd_loss_standardized, rkd_loss
 
 from .conftest import make_args
 
@@ -124,6 +124,72 @@ def test_term_values_match_the_formulas_on_independently_tapped_features(tmp_pat
     torch.testing.assert_close(terms["at"], at_loss(s_map, t_feats))
     torch.testing.assert_close(terms["rkd"], rkd_loss(s_emb, t_emb, 1.0, 3.0))
     torch.testing.assert_close(total, terms["kd"] + 0.5 * terms["at"] + 2.0 * terms["rkd"])
+
+
+def test_crd_draws_exact_negatives_from_the_training_labels(all_terms, digits):
+    crd = all_terms.auxiliary_module("crd")
+    assert crd.negative_sampling == "exact"
+    labels = torch.tensor(digits["train"]["label"])
+    ids = torch.arange(8)
+    negatives = crd.sample_negatives(8, ids).cpu()
+    assert (labels[negatives] != labels[ids][:, None]).all()
+
+
+def test_crd_exact_sampling_without_labels_is_refused(tmp_path, digits, timm_teacher_dir):
+    unlabelled = digits["train"].remove_columns("label")
+    args = make_args(tmp_path, loss_types=["crd"], loss_weights=[0.8], **LAYERS)
+    with pytest.raises(ValueError, match="negative_sampling: uniform"):
+        DistillationTrainer(
+            model="test_resnet",
+            teacher_model=timm_teacher_dir,
+            args=args,
+            train_dataset=unlabelled,
+            eval_dataset=digits["test"],
+        )
+    args = make_args(
+        tmp_path,
+        loss_types=["crd"],
+        loss_weights=[0.8],
+        loss_kwargs={"crd": {"negative_sampling": "uniform"}},
+        **LAYERS,
+    )
+    trainer = DistillationTrainer(
+        model="test_resnet",
+        teacher_model=timm_teacher_dir,
+        args=args,
+        train_dataset=unlabelled,
+        eval_dataset=digits["test"],
+    )
+    assert trainer.auxiliary_module("crd").negative_sampling == "uniform"
+
+
+@pytest.mark.parametrize("warmup_epochs", [20.0, 0.0])
+def test_dkd_warmup_follows_the_training_epoch(warmup_epochs, tmp_path, digits, timm_teacher_dir):
+    args = make_args(
+        tmp_path,
+        loss_types=["dkd"],
+        loss_weights=[1.0],
+        loss_kwargs={"dkd": {"warmup_epochs": warmup_epochs}},
+        alpha=0.0,
+        max_steps=2,
+    )
+    trainer = DistillationTrainer(
+        model="test_resnet", teacher_model=timm_teacher_dir, args=args, train_dataset=digits["train"]
+    )
+    trainer.train()
+    first, second = [e["loss_dkd"] for e in trainer.state.log_history if "loss_dkd" in e]
+    if warmup_epochs:  # epoch 0 at the first step: factor 0; then (1/6 epoch) / 20
+        assert first == 0.0 and second > 0.0
+    else:
+        assert first > 0.0 and second > 0.0
+    batch = _batch(trainer, digits)
+    trainer.model.eval()
+    with torch.no_grad():  # evaluation: no warm-up factor
+        teacher = trainer.teacher_outputs(batch)
+        student = trainer.student_outputs(trainer.model, batch, teacher)
+        _, terms = trainer.distillation_loss(student, teacher, batch)
+    expected = dkd_loss(student.logits, teacher.logits, batch["labels"], args.temperature, 1.0, 8.0)
+    torch.testing.assert_close(terms["dkd"], expected)
 
 
 def test_logit_standardization_is_an_option_of_kd(tmp_path, digits, timm_teacher_dir):

@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from hf_distill import DistillationTrainer
-from hf_distill.features import FeatureTap, Projector, probe_feature_shapes
+from hf_distill.features import (
+    FeatureTap,
+    FeatureTaps,
+    Projector,
+    build_feature_modules,
+    probe_feature_shapes,
+    train_labels_by_sample_id,
+)
+from hf_distill.losses import LOSSES
 from hf_distill.trainer import DistillationModule
 
 from .conftest import make_args, tiny_hf_resnet, tiny_timm
@@ -113,6 +121,86 @@ def test_projector_shapes():
     assert Projector((2, 8, 4, 4), (2, 5)).forward(torch.randn(2, 8, 4, 4)).shape == (2, 5)
     with pytest.raises(ValueError, match="cannot project"):
         Projector((2, 8), (2, 16, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "student, teacher, kind, kernel, stride",
+    [
+        ((2, 8, 8, 8), (2, 16, 4, 4), nn.Conv2d, (3, 3), (2, 2)),  # h_s = 2 h_t
+        ((2, 8, 4, 4), (2, 16, 8, 8), nn.ConvTranspose2d, (4, 4), (2, 2)),  # 2 h_s = h_t
+        ((2, 8, 7, 5), (2, 16, 3, 3), nn.Conv2d, (5, 3), (1, 1)),  # the paper's valid kernel
+        ((2, 8, 4, 4), (2, 16, 4, 4), nn.Conv2d, (1, 1), (1, 1)),  # equal sizes: 1x1
+        ((2, 8, 3, 3), (2, 16, 4, 5), nn.ConvTranspose2d, (2, 3), (1, 1)),  # smaller, not half
+    ],
+)
+def test_conv_regressor_output_matches_the_hint(student, teacher, kind, kernel, stride):
+    projector = Projector(student, teacher)
+    conv, bn, relu = projector.proj
+    assert type(conv) is kind and conv.kernel_size == kernel and conv.stride == stride
+    assert (conv.in_channels, conv.out_channels) == (student[1], teacher[1])
+    assert isinstance(bn, nn.BatchNorm2d) and isinstance(relu, nn.ReLU)
+    x = torch.randn(*student)
+    out = projector(x)
+    assert out.shape == teacher and (out >= 0).all()
+    # the conv itself already gives the hint's size: no resizing after it
+    torch.testing.assert_close(out, relu(bn(conv(x))))
+    assert len(Projector(student, teacher, relu=False).proj) == 2
+
+
+def test_1x1_projector_is_still_selectable():
+    projector = Projector((2, 8, 8, 8), (2, 16, 4, 4), regressor="1x1")
+    conv, bn = projector.proj
+    assert conv.kernel_size == (1, 1) and conv.bias is None
+    x = torch.randn(2, 8, 8, 8)
+    expected = torch.nn.functional.adaptive_avg_pool2d(bn(conv(x)), (4, 4))
+    torch.testing.assert_close(projector(x), expected)
+    with pytest.raises(ValueError, match="regressor'\\] must be one of"):
+        Projector((2, 8, 8, 8), (2, 16, 4, 4), regressor="mlp")
+    with pytest.raises(ValueError, match="regressor: '1x1'"):
+        Projector((2, 8, 8, 2), (2, 16, 4, 4))  # one side larger, the other smaller
+
+
+def _vector_taps(batch: int = 2) -> FeatureTaps:
+    return FeatureTaps(None, None, [torch.Size([batch, 8])], [torch.Size([batch, 12])])
+
+
+def test_crd_module_gets_exact_sampling_and_the_labels():
+    term = ("crd", LOSSES["crd"], 1.0, {"num_negatives": 4})
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    (crd,) = build_feature_modules(_vector_taps(), [term], 6, seed=0, train_labels=labels).values()
+    assert crd.negative_sampling == "exact"
+    negatives = crd.sample_negatives(6, torch.arange(6))
+    assert (labels[negatives] != labels[:, None]).all()
+    with pytest.raises(
+        ValueError, match=r"loss_kwargs\['crd'\]: negative_sampling='exact'.*negative_sampling: uniform"
+    ):
+        build_feature_modules(_vector_taps(), [term], 6, seed=0, train_labels=None)
+    uniform = ("crd", LOSSES["crd"], 1.0, {"num_negatives": 4, "negative_sampling": "uniform"})
+    (crd,) = build_feature_modules(_vector_taps(), [uniform], 6, seed=0).values()
+    assert crd.negative_sampling == "uniform"
+
+
+def test_fitnet_regressor_kind_comes_from_loss_kwargs():
+    taps = FeatureTaps(None, None, [torch.Size([2, 8, 8, 8])], [torch.Size([2, 16, 4, 4])])
+    for params, kind in (({}, "conv"), ({"regressor": "1x1"}, "1x1")):
+        (module,) = build_feature_modules(taps, [("fitnet", LOSSES["fitnet"], 1.0, params)], 4).values()
+        assert module.projectors["0"].regressor == kind
+    params = {"regressor_relu": False}
+    (module,) = build_feature_modules(taps, [("fitnet", LOSSES["fitnet"], 1.0, params)], 4).values()
+    assert not any(isinstance(m, nn.ReLU) for m in module.modules())
+
+
+def test_train_labels_by_sample_id():
+    from datasets import Dataset
+
+    plain = Dataset.from_dict({"label": [2, 0, 1]})
+    assert train_labels_by_sample_id(plain).tolist() == [2, 0, 1]
+    shuffled = Dataset.from_dict({"label": [2, 0, 1], "sample_id": [2, 0, 1]})
+    assert train_labels_by_sample_id(shuffled).tolist() == [0, 1, 2]  # indexed by sample id, not row
+    assert train_labels_by_sample_id(Dataset.from_dict({"label": [2, -1, 1]})) is None  # unlabelled
+    assert train_labels_by_sample_id(Dataset.from_dict({"image": [0, 1]})) is None
+    assert train_labels_by_sample_id(Dataset.from_dict({"y": [1, 0]}), "y").tolist() == [1, 0]
+    assert train_labels_by_sample_id(None) is None
 
 
 def test_projector_widths_come_from_a_dummy_forward(tmp_path, digits, timm_teacher_dir):

@@ -9,10 +9,17 @@ import pytest
 import torch
 
 from hf_distill import DistillationConfig, DistillationTrainer, kd_loss
+from hf_distill.augment import pick_scores
 from hf_distill.cli import parse_config
 from hf_distill.collators import ViewParams, render_view, sample_box, sample_generator, to_rgb
-from hf_distill.teacher import average_tempered_probabilities
+from hf_distill.teacher import (
+    MEMBER_LOGITS,
+    average_tempered_probabilities,
+    reduce_ensemble,
+    select_teacher_rows,
+)
 from hf_distill.teacher_cache import TeacherCache, topk_compress, topk_expand
+from hf_distill.terms import kd_function
 
 from .conftest import make_args, save_in_hub_layout, tiny_timm
 
@@ -142,7 +149,64 @@ def test_ensemble_average_math():
     torch.testing.assert_close(kd_loss(student, ensemble, tau), manual)
 
 
-def test_ensemble_members_get_their_own_resolution(tmp_path, digits):
+def kl_sum_reference(student, members, tau):
+    """big_vision's ensemble loss, written out: sum over teachers of tau^2 * mean_b KL(p_k || p_s)."""
+    log_s = torch.log_softmax(student.double() / tau, -1)
+    total = 0.0
+    for z in members:
+        p = torch.softmax(z.double() / tau, -1)
+        total = total + (p * (p.log() - log_s)).sum(-1).mean() * tau**2
+    return total.float()
+
+
+def test_the_three_ensemble_reductions_against_their_formulas(tmp_path):
+    torch.manual_seed(0)
+    z1, z2, student = torch.randn(5, 10), torch.randn(5, 10) * 2, torch.randn(5, 10)
+    tau = 2.0
+    log_s = torch.log_softmax(student / tau, -1)
+
+    def kd(reduction):
+        args = make_args(tmp_path, temperature=tau, teacher_ensemble_reduction=reduction)
+        return kd_function(args)(student, reduce_ensemble([z1, z2], reduction, tau), tau)
+
+    # logit_mean (the paper's "logit average"): KD against softmax((z1 + z2) / 2 / tau).
+    p_mean_logits = torch.softmax((z1 + z2) / 2 / tau, -1)
+    torch.testing.assert_close(
+        kd("logit_mean"), tau**2 * (p_mean_logits * (p_mean_logits.log() - log_s)).sum(-1).mean()
+    )
+    # probability_mean: KD against the mean of the tempered probabilities.
+    p_mean = (torch.softmax(z1 / tau, -1) + torch.softmax(z2 / tau, -1)) / 2
+    torch.testing.assert_close(
+        kd("probability_mean"), tau**2 * (p_mean * (p_mean.log() - log_s)).sum(-1).mean()
+    )
+    # kl_sum (big_vision): one KL per member, summed; its output still reads as the probability mean.
+    torch.testing.assert_close(kd("kl_sum"), kl_sum_reference(student, [z1, z2], tau))
+    summed = reduce_ensemble([z1, z2], "kl_sum", tau)
+    torch.testing.assert_close(torch.softmax(summed / tau, -1), p_mean)
+    # Its gradient is K times probability_mean's (KL is linear in the target).
+    grads = {}
+    for reduction in ("probability_mean", "kl_sum"):
+        s = student.clone().requires_grad_(True)
+        args = make_args(tmp_path, temperature=tau, teacher_ensemble_reduction=reduction)
+        kd_function(args)(s, reduce_ensemble([z1, z2], reduction, tau), tau).backward()
+        grads[reduction] = s.grad
+    torch.testing.assert_close(grads["kl_sum"], 2 * grads["probability_mean"])
+    # pick: scores that read the teacher are summed over the members too; rows keep their members.
+    rows = select_teacher_rows(summed, torch.tensor([3, 0]))
+    torch.testing.assert_close(getattr(rows, MEMBER_LOGITS), torch.stack([z1, z2])[:, [3, 0]])
+    scores = pick_scores(student, summed, "kl", tau)
+    log_p = [torch.log_softmax(z / tau, -1) for z in (z1, z2)]
+    torch.testing.assert_close(scores, sum((lp.exp() * (lp - log_s)).sum(-1) for lp in log_p))
+
+
+def test_default_ensemble_reduction_is_the_papers_logit_mean(tmp_path):
+    assert make_args(tmp_path).teacher_ensemble_reduction == "logit_mean"
+    with pytest.raises(ValueError, match="teacher_ensemble_reduction: must be one of"):
+        make_args(tmp_path, teacher_ensemble_reduction="median")
+
+
+@pytest.mark.parametrize("reduction", ["logit_mean", "probability_mean", "kl_sum"])
+def test_ensemble_members_get_their_own_resolution(tmp_path, digits, reduction):
     small = save_in_hub_layout(tiny_timm(seed=1), tmp_path / "t32")
     large = save_in_hub_layout(tiny_timm(seed=2), tmp_path / "t48", size=48)
     args = make_args(
@@ -152,6 +216,7 @@ def test_ensemble_members_get_their_own_resolution(tmp_path, digits):
         teacher_image_size=None,
         temperature=2.0,
         mixup_alpha=1.0,
+        teacher_ensemble_reduction=reduction,
     )
     trainer = DistillationTrainer(
         model=tiny_timm(seed=3),
@@ -160,7 +225,7 @@ def test_ensemble_members_get_their_own_resolution(tmp_path, digits):
         train_dataset=digits["train"],
         eval_dataset=digits["test"],
     )
-    assert trainer.teacher.image_sizes == (32, 48)
+    assert trainer.teacher.image_sizes == (32, 48) and trainer.teacher.reduction == reduction
     seen = [record_input_sizes(member.module) for member in trainer.teacher.members]
     batch = trainer.data_collator(
         [dict(r, sample_id=i) for i, r in enumerate(digits["train"].select(range(4)))]
@@ -171,10 +236,92 @@ def test_ensemble_members_get_their_own_resolution(tmp_path, digits):
         m(v)
         for m, v in zip(trainer.teacher.members, (batch["pixel_values"], batch["teacher_pixel_values_48"]))
     ]
-    expected = (torch.softmax(z[0] / 2.0, -1) + torch.softmax(z[1] / 2.0, -1)) / 2
-    torch.testing.assert_close(torch.softmax(logits / 2.0, -1), expected)
+    student = torch.randn(4, 10)
+    if reduction == "logit_mean":
+        torch.testing.assert_close(logits, (z[0] + z[1]) / 2)
+        torch.testing.assert_close(trainer.kd(student, logits, 2.0), kd_loss(student, (z[0] + z[1]) / 2, 2.0))
+    else:
+        expected = (torch.softmax(z[0] / 2.0, -1) + torch.softmax(z[1] / 2.0, -1)) / 2
+        torch.testing.assert_close(torch.softmax(logits / 2.0, -1), expected)
+    if reduction == "kl_sum":  # the trainer's one KD function sums one KL per member
+        torch.testing.assert_close(trainer.kd(student, logits, 2.0), kl_sum_reference(student, z, 2.0))
     trainer.train()
     assert set(seen[0]) == {32} and set(seen[1]) == {48}
+
+
+@pytest.mark.parametrize("pick", [False, True])
+def test_kl_sum_reaches_tl_mix_images(tmp_path, digits, pick):
+    """TL-mix's x' (and the picked part of its pool) get the per-member KL sum too."""
+    from hf_distill.augment import TL_PIXELS, teacher_labelled_loss
+
+    members = [save_in_hub_layout(tiny_timm(seed=s), tmp_path / f"t{s}") for s in (1, 2)]
+    args = make_args(
+        tmp_path, teacher_ensemble_reduction="kl_sum", augmentation_mode="tlcutmix", cutmix_alpha=1.0,
+        temperature=2.0, alpha=0.9, pick=pick,
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=tiny_timm(seed=3), teacher_model=members, args=args, train_dataset=digits["train"]
+    )
+    batch = trainer.data_collator(
+        [dict(r, sample_id=i) for i, r in enumerate(digits["train"].select(range(4)))]
+    )
+    trainer.model.train()
+    with torch.no_grad():
+        _, terms = teacher_labelled_loss(trainer, trainer.model, batch)
+        pixels = batch[TL_PIXELS]
+        z = [m(pixels) for m in trainer.teacher.members]
+        if pick:  # a pool of 2N = 8 scored in train mode by the summed per-member KL, the top N = 4 kept
+            assert pixels.shape[0] == 8
+            pool_logits = trainer.student_logits(trainer.model, pixels)
+            log_s = torch.log_softmax(pool_logits / 2.0, -1)
+            kl = sum(
+                (torch.softmax(m / 2.0, -1) * (torch.log_softmax(m / 2.0, -1) - log_s)).sum(-1) for m in z
+            )
+            top = kl.argsort(descending=True)[:4]
+            pixels, z = pixels[top], [m[top] for m in z]
+        student = trainer.student_logits(trainer.model, pixels)
+    torch.testing.assert_close(terms["kd_aug"], kl_sum_reference(student, z, 2.0))
+
+
+def test_ensemble_contract_follows_the_reduction(tmp_path):
+    from hf_distill.composition import refusals
+    from hf_distill.teacher import LiveTeacher
+
+    ensemble = dict(teacher_model_name_or_path=["a", "b"], teacher_image_sizes=[32, 48])
+    for reduction, logits in (("logit_mean", True), ("probability_mean", False), ("kl_sum", False)):
+        args = make_args(
+            tmp_path, teacher_ensemble_reduction=reduction, logit_standardization=True, **ensemble
+        )
+        provides = LiveTeacher.provisions(args, ensemble=True)
+        assert provides.logits is logits and (provides.temperature is None) is logits
+        # Standardising needs real logits: only the logit mean has them.
+        assert bool(refusals(args, provides)) is not logits
+    # kl_sum needs every member's outputs on each step: the fixed-teacher cache stores one per sample.
+    from hf_distill.teacher_cache import CachedTeacher
+
+    args = make_args(tmp_path, teacher_ensemble_reduction="kl_sum", teacher_input="fix/rs", **ensemble)
+    reasons = refusals(args, CachedTeacher.provisions(args, ensemble=True))
+    assert any("kl_sum" in r and "computed before training" in r for r in reasons)
+
+
+def test_funmatch_gets_the_papers_kd_setting_unless_told_otherwise(tmp_path, caplog):
+    """Beyer et al. distil with the KL alone at T=1: asking for FunMatch without a temperature or alpha gets
+    exactly that; other modes keep the Hinton-KD defaults; given values are kept."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="hf_distill.terms"):
+        funmatch = make_args(tmp_path, teacher_input="funmatch")
+    assert (funmatch.temperature, funmatch.alpha) == (1.0, 1.0)
+    assert "temperature not set: 1.0" in caplog.text and "alpha not set: 1.0" in caplog.text
+    plain = make_args(tmp_path, teacher_input="same")
+    assert (plain.temperature, plain.alpha) == (4.0, 0.9)
+    told = make_args(tmp_path, teacher_input="funmatch", temperature=2.0, alpha=0.5)
+    assert (told.temperature, told.alpha) == (2.0, 0.5)
+    # The resolved values are what the card's hyper-parameter table reports.
+    from hf_distill.release import training_config
+
+    settings = training_config(funmatch)
+    assert (settings["temperature"], settings["alpha"]) == (1.0, 1.0)
 
 
 def test_ensemble_sizes_must_match_the_teacher_list(tmp_path):

@@ -1,7 +1,11 @@
-"""Distillation losses checked against independent float64 re-implementations of each paper's formula."""
+"""Distillation losses checked against independent float64 re-implementations of each paper's formula.
+
+Feature and relational terms follow the reduction of the methods' public code (so the weights published
+with that code carry over); each reference below spells that reduction out."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -281,6 +285,7 @@ def np_attention(f: np.ndarray, p: float) -> np.ndarray:
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
 def test_at_loss(p):
+    # The authors' code: (at(x) - at(y)).pow(2).mean(), a mean over the B * H * W entries.
     s, t = randn(3, 4, 6, 6, seed=30), randn(3, 7, 6, 6, seed=31)
     a_s, a_t = np_attention(f64(s), p), np_attention(f64(t), p)
     total = 0.0
@@ -288,17 +293,23 @@ def test_at_loss(p):
         qs = a_s[b].ravel() / np.sqrt((a_s[b] ** 2).sum())
         qt = a_t[b].ravel() / np.sqrt((a_t[b] ** 2).sum())
         total += ((qs - qt) ** 2).sum()
-    assert_close(at_loss(s, t, p), total / 3)
+    assert_close(at_loss(s, t, p), total / (3 * 36))
 
 
-def test_at_loss_pools_larger_map():
+def test_at_loss_pools_larger_feature_map_first():
+    # As the public code: the larger feature map is average-pooled, then its attention map is taken.
     s, t = randn(2, 4, 8, 8, seed=32), randn(2, 5, 4, 4, seed=33)
-    a_s, a_t = np_block_mean(np_attention(f64(s), 2), 2), np_attention(f64(t), 2)
+    a_s, a_t = np_attention(np_block_mean(f64(s), 2), 2), np_attention(f64(t), 2)
     qs = a_s.reshape(2, -1) / np.linalg.norm(a_s.reshape(2, -1), axis=1, keepdims=True)
     qt = a_t.reshape(2, -1) / np.linalg.norm(a_t.reshape(2, -1), axis=1, keepdims=True)
-    expected = ((qs - qt) ** 2).sum(1).mean()
+    expected = ((qs - qt) ** 2).mean()
     assert_close(at_loss(s, t), expected)
     torch.testing.assert_close(at_loss(t, s), at_loss(s, t))
+    pooled_attention = np_block_mean(np_attention(f64(s), 2), 2)  # the other order gives another value
+    qp = pooled_attention.reshape(2, -1) / np.linalg.norm(
+        pooled_attention.reshape(2, -1), axis=1, keepdims=True
+    )
+    assert abs(((qp - qt) ** 2).mean() - expected) > 1e-4
 
 
 def np_fsp(f1: np.ndarray, f2: np.ndarray) -> np.ndarray:
@@ -321,7 +332,8 @@ def test_fsp_matrix_and_loss():
     g_t = np_fsp(f64(t1), f64(t2))
     d1 = ((g_s - g_t) ** 2).mean()
     d2 = ((np_fsp(f64(u1), f64(u2)) - np_fsp(f64(v1), f64(v2))) ** 2).mean()
-    assert_close(fsp_loss([(s1, s2), (u1, u2)], [(t1, t2), (v1, v2)]), (d1 + d2) / 2)
+    # The public code: (G_s - G_t).pow(2).mean() per pair, summed over the pairs.
+    assert_close(fsp_loss([(s1, s2), (u1, u2)], [(t1, t2), (v1, v2)]), d1 + d2)
     with pytest.raises(ValueError):
         fsp_loss([(s1, s2)], [(u1, u2)])
 
@@ -351,10 +363,11 @@ def test_pkt_loss():
         return k / k.sum(1, keepdims=True)
 
     ps, pt = probs(f64(s)), probs(f64(t))
-    expected = np.mean(
-        [sum(pt[i, j] * math.log((pt[i, j] + eps) / (ps[i, j] + eps)) for j in range(6)) for i in range(6)]
-    )
-    assert_close(pkt_loss(s, t), expected, atol=1e-5)
+    # The authors' code: torch.mean over all B * B entries of P_t * log((P_t + eps) / (P_s + eps)).
+    expected = sum(
+        pt[i, j] * math.log((pt[i, j] + eps) / (ps[i, j] + eps)) for i in range(6) for j in range(6)
+    ) / (6 * 6)
+    assert_close(pkt_loss(s, t), expected, atol=1e-6)
 
 
 def np_rkd_distance(e: np.ndarray) -> np.ndarray:
@@ -542,6 +555,63 @@ def test_crd_parameters_change_after_one_step():
     assert s.grad is not None and torch.isfinite(s.grad).all() and t.grad is None
     for name, p in crd.named_parameters():
         assert not torch.equal(p, before[name]), name
+
+
+# CRD negatives: 20 samples, classes 0 (7 samples), 1 (6), 2 (6) and 3 (one sample, id 19).
+CRD_LABELS = torch.tensor([0, 1, 2] * 6 + [0, 3])
+
+
+def test_crd_exact_negatives_come_from_the_other_classes_uniformly():
+    crd = make_crd(negative_sampling="exact", train_labels=CRD_LABELS, num_negatives=6000, seed=3)
+    ids = torch.tensor([0, 1, 19, 5])
+    negatives = crd.sample_negatives(4, ids)
+    assert negatives.shape == (4, 6000)
+    for row, sample in enumerate(ids.tolist()):
+        others = [i for i in range(20) if CRD_LABELS[i] != CRD_LABELS[sample]]
+        counts = torch.bincount(negatives[row], minlength=20)
+        assert set(torch.nonzero(counts).flatten().tolist()) == set(others)  # never the own class, all others
+        expected = 6000 / len(others)
+        assert counts[others].min() > 0.8 * expected and counts[others].max() < 1.2 * expected
+    uniform = make_crd(num_negatives=6000, seed=3).sample_negatives(1)
+    assert set(uniform.flatten().tolist()) == set(range(20))  # the uniform option draws every id
+
+
+def test_crd_forward_draws_exact_negatives():
+    kw = dict(negative_sampling="exact", train_labels=CRD_LABELS, seed=7)
+    drawn, reference, sampler = make_crd(**kw), make_crd(**kw), make_crd(**kw)
+    s, t, ids = randn(3, 6, seed=67), randn(3, 10, seed=68), torch.tensor([2, 19, 6])
+    negatives = sampler.sample_negatives(3, ids)
+    assert all(CRD_LABELS[negatives[r]].ne(CRD_LABELS[ids[r]]).all() for r in range(3))
+    torch.testing.assert_close(drawn(s, t, ids), reference(s, t, ids, negatives), rtol=0, atol=0)
+
+
+def test_crd_exact_sampling_refusals():
+    with pytest.raises(ValueError, match="needs the class label.*negative_sampling='uniform'"):
+        make_crd(negative_sampling="exact")
+    with pytest.raises(ValueError, match="unlabelled samples"):
+        make_crd(negative_sampling="exact", train_labels=torch.tensor([0, 1] * 9 + [-1, 1]))
+    with pytest.raises(ValueError, match="at least two classes"):
+        make_crd(negative_sampling="exact", train_labels=torch.zeros(20, dtype=torch.long))
+    with pytest.raises(ValueError, match="has 3 entries"):
+        make_crd(negative_sampling="exact", train_labels=[0, 1, 2])
+    with pytest.raises(ValueError, match="negative_sampling must be one of"):
+        make_crd(negative_sampling="relax")
+
+
+def test_dkd_term_linear_warmup():
+    s, t = randn(4, 5, seed=80), randn(4, 5, seed=81)
+    student, teacher, batch = ModelOutputs(s), ModelOutputs(t), {"labels": LABELS}
+    term = LOSSES["dkd"]
+    assert inspect.signature(term).parameters["epoch"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    full = dkd_loss(s, t, LABELS, 4.0, 1.0, 8.0)
+    # mdistiller: min(epoch / warmup, 1.0) * dkd_loss, warmup 20 epochs on CIFAR-100.
+    for epoch in (0.0, 0.5, 5.0, 12.5, 19.99, 20.0, 37.0):
+        torch.testing.assert_close(term(student, teacher, batch, epoch=epoch), full * min(epoch / 20, 1.0))
+    torch.testing.assert_close(term(student, teacher, batch, epoch=None), full)  # evaluation: no factor
+    torch.testing.assert_close(term(student, teacher, batch, warmup_epochs=4, epoch=1.0), full * 0.25)
+    torch.testing.assert_close(term(student, teacher, batch, warmup_epochs=0, epoch=0.0), full)
+    with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
+        term(student, teacher, batch, warmup_epochs=-1, epoch=1.0)
 
 
 # -- dtypes, gradients and the term registry -------------------------------------------------

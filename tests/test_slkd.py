@@ -118,9 +118,9 @@ def test_parallel_mode_updates_slts_and_student_in_every_step(tmp_path, digits, 
         assert any(not torch.equal(slts_before[k], slts_after[k]) for k in slts_before)
 
 
-def test_sequential_mode_alternates_slt_and_student_phases(tmp_path, digits, timm_teacher_dir):
+def test_alternating_mode_alternates_slt_and_student_phases(tmp_path, digits, timm_teacher_dir):
     trainer, states = run_with_snapshots(
-        tmp_path, digits, timm_teacher_dir, max_steps=4, slkd_mode="sequential", slkd_phase_steps=1
+        tmp_path, digits, timm_teacher_dir, max_steps=4, slkd_mode="alternating", slkd_phase_steps=1
     )
     assert len(states) == 5
     for step, (before, after) in enumerate(zip(states, states[1:])):
@@ -130,9 +130,9 @@ def test_sequential_mode_alternates_slt_and_student_phases(tmp_path, digits, tim
         assert (student_moved, slts_moved) == ((False, True) if step % 2 == 0 else (True, False)), step
 
 
-def test_sequential_phase_length(tmp_path, digits, timm_teacher_dir):
+def test_alternating_phase_length(tmp_path, digits, timm_teacher_dir):
     trainer, states = run_with_snapshots(
-        tmp_path, digits, timm_teacher_dir, max_steps=4, slkd_mode="sequential", slkd_phase_steps=2
+        tmp_path, digits, timm_teacher_dir, max_steps=4, slkd_mode="alternating", slkd_phase_steps=2
     )
     moved = [
         any(not torch.equal(before[0][k], after[0][k]) for k in before[0])
@@ -239,6 +239,115 @@ def test_student_kd_towards_slts_reaches_slts_only_when_not_detached(
     assert all(p.grad is None for p in trainer.teacher.module.parameters())
 
 
+def authors_tech_kd_loss(
+    s, t, z1, z2, labels, tau=4.0, ce_w=0.1, kd_w=0.9, process_w=1.0, ce_cs=1.0, kd_cs=1.0
+):
+    """The released code's total (BrilliantCheng/SLKD, mdistiller/distillers/TECH_KD.py, Tech_KD.forward_train
+    with its CFG.TECH_KD defaults), written out here: loss_ce + loss_kd + loss_kd_tc + loss_kd_cs."""
+    child = 0.5 * z1 + 0.5 * z2
+    loss_ce = ce_w * F.cross_entropy(s, labels)
+    loss_kd = kd_w * kl_reference(s, t, tau)
+    loss_tc = sum(ce_w * F.cross_entropy(z, labels) + kd_w * kl_reference(z, t, tau) for z in (z1, z2))
+    loss_cs = process_w * (ce_cs * F.cross_entropy(s, labels) + kd_cs * kl_reference(s, child, tau))
+    return loss_ce + loss_kd + loss_tc + loss_cs
+
+
+@pytest.mark.parametrize("ce_weight", [1.0, 0.0])
+def test_student_loss_is_the_authors_expression(tmp_path, digits, timm_teacher_dir, ce_weight):
+    """Default: the student's SL-T branch carries its own CE (CE weight 0.1 + 1.0 = 1.1 in all, as the
+    released code); slkd_ce_weight=0 leaves the branch KD only."""
+    trainer = build(tmp_path, digits, timm_teacher_dir, slkd_ce_weight=ce_weight)
+    assert (trainer.args.temperature, trainer.args.alpha) == (4.0, 0.9)
+    torch.manual_seed(0)
+    s, t, z1, z2 = (torch.randn(6, 10) for _ in range(4))
+    labels = torch.randint(0, 10, (6,))
+    from hf_distill.slkd import SLTOutputs
+
+    student = ModelOutputs(s)
+    student.auxiliary[SLKD_NAME] = SLTOutputs([z1, z2], fuse_logits([z1, z2], 0.5))
+    total, terms = trainer.distillation_loss(student, ModelOutputs(t), {"labels": labels})
+    expected = authors_tech_kd_loss(s, t, z1, z2, labels, ce_cs=ce_weight)
+    torch.testing.assert_close(total, expected)
+    assert ("slkd_ce" in terms) == (ce_weight > 0)
+
+
+def test_sequential_mode_steps_the_slts_then_the_student_on_one_batch(tmp_path, digits, timm_teacher_dir):
+    """The authors' sequential trainer on one batch: SL-T 1 and SL-T 2 each take an SGD step from their own
+    loss, then the student takes one from CE + KD(teacher) + (CE + KD(updated SL-Ts)), all on the same batch."""
+    import copy
+
+    lr = 0.5
+    trainer = build(
+        tmp_path, digits, timm_teacher_dir, slkd_mode="sequential", optim="sgd", learning_rate=lr,
+        weight_decay=0.0, max_grad_norm=0.0, lr_scheduler_type="constant", warmup_steps=0,
+    )  # fmt: skip
+    slts = trainer.auxiliary_module(SLKD_NAME)
+    ref_slts = [copy.deepcopy(n) for n in slts.networks]
+    ref_student = copy.deepcopy(trainer.student)
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    slts.on_step_begin(trainer.args, trainer.state, None, optimizer=trainer.optimizer)
+    batch = trainer.data_collator([digits["train"][i] | {"sample_id": i} for i in range(8)])
+    labels, tau, alpha = batch["labels"], 4.0, 0.9
+    model = trainer.model.train()
+    with torch.no_grad():
+        t = trainer.teacher(batch.get("teacher_pixel_values", batch["pixel_values"]))
+    slt_pixels = slts.normalizer(batch.get("teacher_pixel_values", batch["pixel_values"]))
+
+    loss = trainer.compute_loss(model, batch)
+    # The SL-Ts already moved inside the forward, before any backward.
+    for net, ref in zip(slts.networks, ref_slts):
+        z = ref.train()(slt_pixels)
+        ref_loss = (1 - alpha) * F.cross_entropy(z, labels) + alpha * kl_reference(z, t, tau)
+        grads = torch.autograd.grad(ref_loss, list(ref.parameters()))
+        with torch.no_grad():
+            for p, g in zip(ref.parameters(), grads):
+                p -= lr * g
+        for (name, a), b in zip(net.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    loss.backward()
+    trainer.optimizer.step()
+    # The student learnt from the SL-Ts as they stood after their update (no second move of the SL-Ts).
+    for net, ref in zip(slts.networks, ref_slts):
+        assert all(
+            torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(net.parameters(), ref.parameters())
+        )
+    with torch.no_grad():
+        fused = 0.5 * ref_slts[0](slt_pixels) + 0.5 * ref_slts[1](slt_pixels)
+    s = ref_student.train()(trainer.student_normalizer(batch["pixel_values"]))
+    student_loss = (
+        (1 - alpha) * F.cross_entropy(s, labels) + alpha * kl_reference(s, t, tau)
+        + F.cross_entropy(s, labels) + kl_reference(s, fused, tau)
+    )  # fmt: skip
+    grads = torch.autograd.grad(student_loss, list(ref_student.parameters()))
+    with torch.no_grad():
+        for p, g in zip(ref_student.parameters(), grads):
+            p -= lr * g
+    for (name, a), b in zip(trainer.student.named_parameters(), ref_student.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_sequential_mode_trains_and_resumes_with_the_slt_optimizer_state(tmp_path, digits, timm_teacher_dir):
+    """The SL-Ts' optimizer state lives in the trainer's optimizer, so a resumed run matches a straight one."""
+    straight = build(tmp_path / "a", digits, timm_teacher_dir, max_steps=4, slkd_mode="sequential")
+    straight.train()
+    logged = {key for entry in straight.state.log_history for key in entry}
+    assert {"loss_slkd_slt", "loss_slkd_ce", "loss_slkd_kd"} <= logged
+    first = build(
+        tmp_path / "b", digits, timm_teacher_dir, max_steps=4, slkd_mode="sequential",
+        save_strategy="steps", save_steps=2,
+    )  # fmt: skip
+    first.train()
+    resumed = build(
+        tmp_path / "b", digits, timm_teacher_dir, max_steps=4, slkd_mode="sequential",
+        save_strategy="steps", save_steps=2,
+    )  # fmt: skip
+    resumed.train(resume_from_checkpoint=os.path.join(first.args.output_dir, "checkpoint-2"))
+    a_state, b_state = straight.model.state_dict(), resumed.model.state_dict()
+    for name, a in a_state.items():
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b_state[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 # -------------------------------------------------------------------------------------- validation
 @pytest.mark.parametrize(
     ("overrides", "message"),
@@ -248,7 +357,13 @@ def test_student_kd_towards_slts_reaches_slts_only_when_not_detached(
         ({"slkd_alpha": -0.1}, r"slkd_alpha: must be in \[0, 1\]"),
         ({"slkd_weight": -1.0}, "slkd_weight: must be a finite number >= 0"),
         ({"slkd_temperature": 0.0}, "slkd_temperature: must be a finite number > 0"),
-        ({"slkd_mode": "alternating"}, "slkd_mode: must be one of"),
+        ({"slkd_mode": "stepwise"}, "slkd_mode: must be one of"),
+        ({"slkd_ce_weight": -1.0}, "slkd_ce_weight: must be a finite number >= 0"),
+        (
+            {"slkd_mode": "sequential", "gradient_accumulation_steps": 2},
+            "slkd_mode: 'sequential' .* micro-batch",
+        ),
+        ({"slkd_mode": "sequential", "fsdp": "full_shard"}, "slkd_mode: 'sequential' .* FSDP"),
         ({"slkd_phase_steps": 0}, "slkd_phase_steps: must be an integer >= 1"),
         ({"slkd_architecture": "no_such_net"}, "slkd_architecture: 'no_such_net' is not a timm architecture"),
     ],

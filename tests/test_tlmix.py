@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import math
 
 import pytest
 import torch
@@ -19,7 +19,7 @@ from hf_distill.augment import (
 )
 from hf_distill.collators import DistillationCollator
 from hf_distill.losses import kd_loss
-from hf_distill.mixing import MixConfig, boxes_to_pixels
+from hf_distill.mixing import MixConfig, boxes_to_pixels, sample_mix_params
 
 from .conftest import SMALL, make_args
 
@@ -62,19 +62,30 @@ def student_logits(trainer, pixels):
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 7, 9])
-@pytest.mark.parametrize("pick,factor", [(False, 2.0), (True, 2.0), (True, 3.0)])
-def test_tl_batch_shapes_and_labels_for_any_batch_size(digits, batch_size, pick, factor):
+@pytest.mark.parametrize(
+    "pick,pool_factor,keep_factor", [(False, 2.0, 1.0), (True, 2.0, 1.0), (True, 1.0, 0.5), (True, 3.0, 1.5)]
+)
+def test_tl_batch_shapes_and_labels_for_any_batch_size(digits, batch_size, pick, pool_factor, keep_factor):
     base = DistillationCollator(student_size=SMALL, teacher_size=48)
     collator = AugmentingCollator(
-        base, mode="tlcutmix", mix_config=MixConfig(cutmix_alpha=1.0), pick=pick, pick_pool_factor=factor
+        base,
+        mode="tlcutmix",
+        mix_config=MixConfig(cutmix_alpha=1.0),
+        pick=pick,
+        pick_pool_size_factor=pool_factor,
+        pick_keep_factor=keep_factor,
     )
     plain = base(rows(digits, batch_size))
     batch = collator(rows(digits, batch_size))
-    pool, keep = pick_sizes(batch_size, pick, factor)
-    expected_keep = max(1, batch_size // 2) if pick else batch_size
-    assert keep == expected_keep and pool >= keep
-    if pick:
-        assert pool == max(keep, int(torch.tensor(factor * keep).ceil()))
+    pool, keep = pick_sizes(batch_size, pick, pool_factor, keep_factor)
+    # Without pick: one mix per original, all kept. With pick: ceil(factor * N) each (the authors' default:
+    # mix_n_run=2 runs of N, n_pick = N kept).
+    expected = (
+        (math.ceil(pool_factor * batch_size), math.ceil(keep_factor * batch_size))
+        if pick
+        else (batch_size,) * 2
+    )
+    assert (pool, keep) == expected
     # The originals and their labels are untouched; x' carries no labels of its own.
     assert torch.equal(batch["pixel_values"], plain["pixel_values"])
     assert torch.equal(batch["labels"], plain["labels"]) and batch["labels"].shape == (batch_size,)
@@ -191,11 +202,52 @@ def test_x_prime_never_contributes_cross_entropy(tmp_path, digits, timm_teacher_
     assert not torch.isclose(ce_a, ce_b)
 
 
-def test_pick_trains_on_exactly_the_top_half_by_kl(tmp_path, digits, timm_teacher_dir):
-    trainer = trainer_for(tmp_path, digits, timm_teacher_dir, pick=True, pick_pool_factor=2.0)
+def test_default_pick_sizes_are_the_authors(tmp_path):
+    # Good-DA-in-KD scripts: batch 64, --mix_n_run 2, --n_pick 64: a pool of 128 CutMixes, 64 kept.
+    assert pick_sizes(64, True) == (128, 64)
+    config = make_args(tmp_path, augmentation_mode="tlcutmix", cutmix_alpha=1.0, pick=True)
+    assert (config.pick_pool_size_factor, config.pick_keep_factor, config.pick_scoring) == (2.0, 1.0, "train")
+
+
+def test_each_run_of_the_pool_draws_its_own_lam_and_box():
+    """mix_mode='batch': the authors call cutmix() once per run, each with its own lam, box and permutation."""
+    config = MixConfig(mixup_alpha=0.0, cutmix_alpha=1.0, mode="batch")
+    pool = build_tl_pool(8, 24, config, torch.Generator().manual_seed(3))
+    runs = [slice(0, 8), slice(8, 16), slice(16, 24)]
+    for run in runs:
+        assert torch.unique(pool.lam[run]).numel() == 1  # one lam and one box per run ...
+        assert torch.unique(pool.boxes[run], dim=0).shape[0] == 1
+        assert sorted(pool.source[run].tolist()) == list(range(8))  # ... and its own pairing of the batch
+    assert len({float(pool.lam[run][0]) for run in runs}) == 3  # ... but different runs differ
+    # The same draws, made by hand in the documented order: pairs for the whole pool, then one batch-mode draw
+    # per run (lam from the drawn box, as CutMix corrects it).
+    generator = torch.Generator().manual_seed(3)
+    sample_tl_pairs(8, 24, generator)
+    for run in runs:
+        params = sample_mix_params(8, config, generator)
+        torch.testing.assert_close(pool.lam[run], params.lam)
+        torch.testing.assert_close(pool.boxes[run], params.boxes)
+    # Without pick the pool is one run: one draw, as before.
+    single = build_tl_pool(8, 8, config, torch.Generator().manual_seed(3))
+    assert torch.unique(single.lam).numel() == 1
+
+
+def kl_scores(trainer, pool, train_mode):
+    """Independent pick scores: the student (in the given mode) and the teacher on the same pool, KL at tau."""
+    trainer.model.train(train_mode)
+    with torch.no_grad():
+        log_s = F.log_softmax(student_logits(trainer, pool) / 4.0, -1)
+        log_t = F.log_softmax(trainer.teacher(pool) / 4.0, -1)
+    trainer.model.train()
+    return (log_t.exp() * (log_t - log_s)).sum(-1)
+
+
+@pytest.mark.parametrize("scoring", ["train", "eval"])
+def test_pick_trains_on_the_top_of_the_pool_by_kl(tmp_path, digits, timm_teacher_dir, scoring):
+    trainer = trainer_for(tmp_path, digits, timm_teacher_dir, pick=True, pick_scoring=scoring)
     batch = trainer.data_collator(rows(digits, 8))
     pool = batch["tl_pixel_values"]
-    assert pool.shape[0] == 8 and int(batch["tl_keep"]) == 4
+    assert pool.shape[0] == 16 and int(batch["tl_keep"]) == 8
     freeze_batchnorm_statistics(trainer.model)  # so the scores recomputed below see the same network
     seen = []
     hook = trainer.model.register_forward_hook(
@@ -204,20 +256,30 @@ def test_pick_trains_on_exactly_the_top_half_by_kl(tmp_path, digits, timm_teache
     trainer.model.train()
     trainer.compute_loss(trainer.model, batch)
     hook.remove()
-    # Independent scores: student in eval mode (as documented), teacher on the same pool, KL at tau.
-    trainer.model.eval()
-    with torch.no_grad():
-        log_s = F.log_softmax(student_logits(trainer, pool) / 4.0, -1)
-        log_t = F.log_softmax(trainer.teacher(pool) / 4.0, -1)
-    kl = (log_t.exp() * (log_t - log_s)).sum(-1)
-    best = max(itertools.combinations(range(8), 4), key=lambda subset: float(kl[list(subset)].sum()))
-    # Forwards: x (train), the pool scoring pass (eval, no grad), the picked images (train).
-    assert [training for training, _ in seen] == [True, False, True]
+    # train: batch statistics of the pool (the authors'); eval: running statistics.
+    kl = kl_scores(trainer, pool, train_mode=scoring == "train")
+    best = kl.argsort(descending=True)[:8]
+    # Forwards: x (train), the pool scoring pass (no grad, in the scoring mode), the picked images (train).
+    assert [training for training, _ in seen] == [True, scoring == "train", True]
     picked = seen[2][1]
-    expected = trainer.student_normalizer(pool[list(best)])
-    assert picked.shape[0] == 4
+    expected = trainer.student_normalizer(pool[best])
+    assert picked.shape[0] == 8
     matched = sorted(int(((expected - p).abs().flatten(1).amax(1) < 1e-5).nonzero()[0]) for p in picked)
-    assert matched == [0, 1, 2, 3]
+    assert matched == list(range(8))
+
+
+@pytest.mark.parametrize("scoring,updates", [("train", 3), ("eval", 2)])
+def test_pick_scoring_pass_moves_batchnorm_statistics_only_in_train_mode(
+    tmp_path, digits, timm_teacher_dir, scoring, updates
+):
+    trainer = trainer_for(tmp_path, digits, timm_teacher_dir, pick=True, pick_scoring=scoring)
+    batch = trainer.data_collator(rows(digits, 8))
+    norms = [m for m in trainer.student.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    before = int(norms[0].num_batches_tracked)
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, batch)
+    # x, (the pool,) the kept images: the authors' train-mode scoring pass is one more update of the statistics.
+    assert int(norms[0].num_batches_tracked) - before == updates
 
 
 @pytest.mark.parametrize("criterion", ["student_entropy", "teacher_entropy"])
@@ -231,12 +293,11 @@ def test_pick_with_entropy_criteria_keeps_the_most_uncertain(tmp_path, digits, t
     trainer.model.train()
     trainer.compute_loss(trainer.model, batch)
     hook.remove()
-    trainer.model.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # train-mode scoring (the default): the pool's batch statistics
         logits = student_logits(trainer, pool) if criterion == "student_entropy" else trainer.teacher(pool)
     p = F.softmax(logits / 4.0, -1)
     entropy = -(p * p.log()).sum(-1)
-    top = entropy.argsort(descending=True)[:3]
+    top = entropy.argsort(descending=True)[:6]
     torch.testing.assert_close(seen[-1], trainer.student_normalizer(pool[top]))
 
 
@@ -314,9 +375,24 @@ def test_teacher_at_another_resolution_labels_its_own_view_of_x_prime(tmp_path, 
         (dict(augmentation_mode="cutout", cutout_fraction=1.5), "cutout_fraction", r"\(0, 1\]"),
         (dict(augmentation_mode="cutmix", cutmix_alpha=1.0, pick=True), "pick", "tlcutmix"),
         (
-            dict(augmentation_mode="tlcutmix", cutmix_alpha=1.0, pick=True, pick_pool_factor=0.5),
+            dict(augmentation_mode="tlcutmix", cutmix_alpha=1.0, pick=True, pick_pool_factor=4.0),
             "pick_pool_factor",
-            ">= 1",
+            "replaced by pick_pool_size_factor .* pick_pool_size_factor=2.0, pick_keep_factor=0.5",
+        ),
+        (
+            dict(augmentation_mode="tlcutmix", cutmix_alpha=1.0, pick=True, pick_keep_factor=3.0),
+            "pick_keep_factor",
+            "more than the pool",
+        ),
+        (
+            dict(augmentation_mode="tlcutmix", cutmix_alpha=1.0, pick=True, pick_pool_size_factor=0.0),
+            "pick_pool_size_factor",
+            "> 0",
+        ),
+        (
+            dict(augmentation_mode="tlcutmix", cutmix_alpha=1.0, pick=True, pick_scoring="frozen"),
+            "pick_scoring",
+            "one of",
         ),
         (
             dict(augmentation_mode="tlcutmix", cutmix_alpha=1.0, pick_criterion="loss"),
@@ -399,5 +475,5 @@ def test_with_a_cached_fixed_teacher_only_x_prime_runs_the_teacher(tmp_path, dig
     seen = []
     trainer.teacher.module.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
     trainer.train()
-    # Cached outputs cover x; the mixes x' are new images, labelled live at the teacher's resolution.
-    assert seen == [(16, 3, 48, 48), (16, 3, 48, 48)]
+    # Cached outputs cover x; the mixes x' (a pool of 2N) are new images, labelled live at the teacher's resolution.
+    assert seen == [(32, 3, 48, 48), (32, 3, 48, 48)]

@@ -104,6 +104,9 @@ def test_gradient_accumulation_is_exact(tmp_path, digits, timm_teacher_dir):
             optim="sgd",
             learning_rate=0.5,
             max_steps=2,
+            # a plain nn.Module carries no normalisation of its own
+            student_image_mean=[0.5, 0.5, 0.5],
+            student_image_std=[0.25, 0.25, 0.25],
         )
         trainer = DistillationTrainer(
             model=student(), teacher_model=timm_teacher_dir, args=args, train_dataset=digits["train"]

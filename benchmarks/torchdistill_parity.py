@@ -62,24 +62,9 @@ def rows() -> list[tuple[str, float, float, str]]:
         },
         mode="code",
     )
-    hw = s_map.shape[-1] * s_map.shape[-2]
-    out.append(
-        (
-            "AT",
-            float(at_loss(s_map, t_map)),
-            float(at(io(s_map), io(t_map))) * hw,
-            "torchdistill 'code' mode averages over H*W positions (compared x H*W)",
-        )
-    )
+    out.append(("AT", float(at_loss(s_map, t_map)), float(at(io(s_map), io(t_map))), "same convention"))
     pkt = td.PKTLoss("m", "output", "m", "output")
-    out.append(
-        (
-            "PKT",
-            float(pkt_loss(s_emb, t_emb)),
-            float(pkt(io(s_emb), io(t_emb))) * batch,
-            "torchdistill averages over B*B entries, we sum over j (compared x B)",
-        )
-    )
+    out.append(("PKT", float(pkt_loss(s_emb, t_emb)), float(pkt(io(s_emb), io(t_emb))), "same convention"))
     rkd = td.RKDLoss("m", "m", dist_factor=25.0, angle_factor=50.0, reduction="mean")
     out.append(("RKD", float(rkd_loss(s_emb, t_emb)), float(rkd(io(s_emb), io(t_emb))), "same convention"))
     sp = td.SPKDLoss("m", "m", reduction="batchmean")

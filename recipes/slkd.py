@@ -2,10 +2,12 @@
 
     accelerate launch recipes/slkd.py --config recipes/configs/slkd_digits.yaml
     accelerate launch recipes/slkd.py --config recipes/configs/slkd_digits.yaml --slkd_num_teachers 1
-    accelerate launch recipes/slkd.py --config recipes/configs/slkd_digits.yaml --slkd_mode sequential --num_train_epochs 30
+    accelerate launch recipes/slkd.py --config recipes/configs/slkd_digits.yaml --slkd_mode sequential
 
-The student's loss is (1 - alpha) * CE + alpha * KD(teacher) + slkd_weight * KD(SL-Ts); each SL-T learns with
-(1 - alpha) * CE + alpha * KD(teacher). Only the student is saved; checkpoints also hold the SL-Ts.
+The student's loss is (1 - alpha) * CE + alpha * KD(teacher) + slkd_weight * (slkd_ce_weight * CE + KD(SL-Ts))
+(the authors' code: its own CE in the SL-T branch too); each SL-T learns with (1 - alpha) * CE + alpha *
+KD(teacher). ``sequential`` updates the SL-Ts, then the student, on each batch (the authors' SLKD*). Only the
+student is saved; checkpoints also hold the SL-Ts.
 """
 
 from pathlib import Path

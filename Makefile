@@ -7,7 +7,7 @@ TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test test-slow test-all lint format install install-dev clean
+.PHONY: demo demo-card test test-slow test-all lint format install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ install-dev: $(DEV_STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python recipes/demo.py
+
+# The demo again, also refreshing the tracked catalogue card model_cards/digits-funmatch/.
+demo-card: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python recipes/demo.py --update-catalogue-card
 
 test: $(DEV_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

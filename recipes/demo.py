@@ -1,8 +1,11 @@
 """`make demo`: train the digits teacher when it is missing, then distil a student with the default recipe.
 
-Prints the student's accuracy and where the student and its model card are.
+Prints the student's accuracy and where the student and its model card are. Everything is written under
+``outputs/`` (git-ignored), so a fresh clone stays clean. ``--update-catalogue-card`` (``make demo-card``)
+also copies the student's card and training curve to the tracked catalogue, ``model_cards/digits-<recipe>/``.
 """
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -11,9 +14,25 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 TEACHER_DIR = Path("outputs/teacher-digits")
+CATALOGUE_DIR = Path("model_cards")
 
 
-def main():
+def recipe_arguments(recipe: str, update_catalogue_card: bool) -> list[str]:
+    """Command-line arguments of the distillation recipe: the card goes to the catalogue only when asked."""
+    arguments = ["--disable_tqdm", "true"]
+    if update_catalogue_card:
+        arguments += ["--model_card_dir", str(CATALOGUE_DIR / f"digits-{recipe}")]
+    return arguments
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--update-catalogue-card",
+        action="store_true",
+        help="also copy the student's card and training curve to model_cards/digits-<recipe>/ (tracked files)",
+    )
+    options = parser.parse_args(argv)
     import train_teacher
 
     if not (TEACHER_DIR / "config.json").exists():
@@ -24,8 +43,7 @@ def main():
         recipe = "distill"
     module = __import__(recipe)
     print(f"distilling with recipes/{recipe}.py")
-    # The student's card (and training curve) also goes to the catalogue of released students.
-    module.main(["--disable_tqdm", "true", "--model_card_dir", f"model_cards/digits-{recipe}"])
+    return module.main(recipe_arguments(recipe, options.update_catalogue_card))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 #
 # 1. benchmarks/throughput.py on GPU (bf16, channels-last, 224 px, resnet18 student / resnet50 teacher)
 #    -> benchmarks/results/throughput_gpu.md
-# 2. launched training runs per backend -> benchmarks/results/gpu_runs.md: DDP, FSDP (teacher replicated and
+# 2. benchmarks/dataloader.py on the GPU host's CPU cores (views/s per core of the trainer's loader, and with
+#    4 and 8 workers) -> benchmarks/results/dataloader_gpu_host.md
+# 3. launched training runs per backend -> benchmarks/results/gpu_runs.md: DDP, FSDP (teacher replicated and
 #    sharded), DeepSpeed ZeRO-2 and ZeRO-3 with a teacher larger than the student (its own inference engine),
 #    each recording the backend, where the teacher went, the losses and the peak GPU memory, and saving a
 #    student that must load back with timm.
@@ -25,6 +27,10 @@ $PY benchmarks/throughput.py --device cuda --bf16 --channels-last --image-size 2
   --student resnet18 --teacher resnet50 --batch-size 128 --workers 8 --steps 30 --warmup 10 --repeats 3 \
   --out "$RESULTS/throughput_gpu.md"
 THROUGHPUT_RC=$?
+
+echo "== data path on the host CPU"
+OMP_NUM_THREADS=1 $PY benchmarks/dataloader.py --images 512 --repeats 3 --workers 4 8 \
+  --out "$RESULTS/dataloader_gpu_host.md" || echo "dataloader benchmark failed (exit $?)" >&2
 
 run() {  # name, accelerate config, extra script args...
   local name=$1 config=$2; shift 2

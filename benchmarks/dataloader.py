@@ -1,0 +1,386 @@
+"""Data-path speed: rendered views per second per CPU core, hf_distill beside timm and torchvision v2.
+
+When a label bank or the fixed-teacher cache removes the teacher forward, the GPU is fed by the collator,
+so its speed per CPU core decides how many loader workers a run needs. This script builds a ``datasets``
+dataset of JPEG-encoded images of realistic sizes (crops of scikit-learn's two sample photographs,
+re-encoded at quality 90, three in four landscape 500x375 and one in four portrait 375x500 by default)
+and, for every teacher-input mode, measures in one process, variants interleaved (the order reversed on
+every other repeat, so background load hits all alike), medians of the repeats:
+
+* ``collator``: hf_distill's training collator on dataset rows fetched beforehand (decode deferred, as
+  the trainer stores them);
+* ``loader``: the trainer's own train dataloader (``DistillationTrainer(...).get_train_dataloader()``, tiny
+  models): dataset rows, sampler, collator, one epoch;
+* ``timm``: ``timm.data.create_transform(size, is_training=True, use_prefetcher=True)`` (uint8 output, the
+  same crop-scale/ratio ranges, flips, no colour jitter) on PIL-decoded images, one transform per view;
+* ``tv``: torchvision v2, ``decode_jpeg`` + ``RandomResizedCrop`` + ``RandomHorizontalFlip`` on uint8
+  tensors (``v2.Compose`` of the transform classes), fed the *same* crop boxes (rounded to whole pixels,
+  as torchvision crops) and flips as hf_distill's views; ``tv-fn``: the same calls through
+  ``torchvision.transforms.v2.functional`` without the transform classes (a floor for torchvision).
+
+Every baseline decodes each image once and renders the same views as hf_distill (each at its own
+resolution); batches are stacked as a DataLoader's default collate would. "views" counts the image
+tensors a batch hands to the models (one per sample per view key); the label-bank replay's mixing
+partner (rendered too, but mixed into the sample's view) is not counted, nor done by the baselines.
+One thread (``torch.set_num_threads(1)``), so views/s is per core; ``--workers`` adds runs of the trainer's
+loader with worker processes (views/s of the whole loader, and per worker).
+
+    .venv/bin/python benchmarks/dataloader.py                       # writes benchmarks/results/dataloader.md
+    .venv/bin/python benchmarks/dataloader.py --workers 1 2 --images 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name: (teacher_input, teacher image sizes (None: no teacher view), mixing, label bank replay)
+MODES: dict[str, dict[str, Any]] = {
+    "fix/rs (cache)": dict(teacher_input="fix/rs", crop="rs", teachers=[224], cache=True),
+    "same/ic": dict(teacher_input="same/ic", teachers=[224]),
+    "ind/ic": dict(teacher_input="ind/ic", teachers=[224]),
+    "funmatch (mixup)": dict(teacher_input="funmatch", teachers=[224], mixup=1.0),
+    "label-bank replay (funmatch)": dict(teacher_input="funmatch", teachers=[224], mixup=1.0, bank=True),
+    "ensemble 224+384 (funmatch)": dict(teacher_input="funmatch", teachers=[224, 384], mixup=1.0),
+}
+LABELS = [str(i) for i in range(10)]
+
+
+# ------------------------------------------------------------------------------------------------ data
+def make_dataset(num_images: int, width: int, height: int, seed: int = 0, quality: int = 90):
+    """JPEG-encoded crops of scikit-learn's sample photographs in a ``datasets.Dataset`` (image, label)."""
+    import datasets
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(a) for a in load_sample_images().images]
+    rng = np.random.default_rng(seed)
+    encoded = []
+    for i in range(num_images):
+        w, h = (width, height) if i % 4 else (height, width)
+        photo = photos[i % len(photos)]
+        side = rng.uniform(0.5, 1.0)
+        ch = int(min(photo.height, photo.width * h / w) * side)
+        cw = int(ch * w / h)
+        x0, y0 = rng.integers(0, photo.width - cw + 1), rng.integers(0, photo.height - ch + 1)
+        image = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        encoded.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=LABELS)})
+    return datasets.Dataset.from_dict(
+        {"image": encoded, "label": [i % len(LABELS) for i in range(num_images)]}, features=features
+    )
+
+
+def tiny_model(seed: int):
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model("test_resnet", num_classes=len(LABELS))
+    model.pretrained_cfg = dict(model.pretrained_cfg, label_names=list(LABELS))
+    return model
+
+
+def build_trainer(mode: dict[str, Any], dataset, work: Path, batch_size: int, workers: int = 0, bank=None):
+    from hf_distill import DistillationConfig, DistillationTrainer
+    from hf_distill.hub import PreprocessSpec, save_student
+
+    teachers = []
+    for size in mode["teachers"]:
+        directory = work.parent / f"teacher-{size}"  # shared by every mode (a label bank names its teacher)
+        if not directory.exists():
+            save_student(
+                tiny_model(1), directory, label_names=LABELS, preprocess=PreprocessSpec(image_size=size)
+            )
+        teachers.append(str(directory))
+    args = DistillationConfig(
+        output_dir=str(work / "out"),
+        image_size=224,
+        teacher_model_name_or_path=teachers if len(teachers) > 1 else teachers[0],
+        teacher_image_sizes=mode["teachers"] if len(teachers) > 1 else None,
+        teacher_input=mode["teacher_input"],
+        crop=mode.get("crop", "ic"),
+        crop_scale=[0.08, 1.0],
+        hflip=0.5,
+        mixup_alpha=mode.get("mixup", 0.0),
+        mix_prob=1.0,
+        alpha=1.0,
+        interpolation="bilinear",
+        use_teacher_cache=bool(mode.get("cache")),
+        teacher_cache_dir=str(work / "cache"),
+        teacher_label_bank=bank,
+        label_bank_records=2,
+        per_device_train_batch_size=batch_size,
+        dataloader_num_workers=workers,
+        dataloader_pin_memory=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    return DistillationTrainer(model=tiny_model(0), args=args, train_dataset=dataset)
+
+
+def make_bank(mode: dict[str, Any], dataset, work: Path, batch_size: int) -> str:
+    from hf_distill.label_bank import generate_for_trainer
+
+    path = work / "bank"
+    if not path.exists():
+        trainer = build_trainer(mode, dataset, work, batch_size)
+        generate_for_trainer(trainer, dataset, path, progress=False)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------- baselines
+def planned_views(collator, rows: list[dict[str, Any]]) -> list[list[tuple[tuple[float, ...], bool, int]]]:
+    """Per sample, the (box, flip, size) of every view hf_distill's collator hands to the models."""
+    from hf_distill.label_bank import replay_record
+
+    plans = []
+    for row in rows:
+        sample_id = int(row["sample_id"])
+        image = Image.open(io.BytesIO(row["image"]["bytes"]))
+        bank = getattr(collator, "bank", None)
+        if bank is not None:
+            chosen = replay_record(collator.seed, collator.epoch, sample_id, bank.num_records)
+            record = bank.record(bank.row(sample_id, chosen))
+            plans.append([(tuple(record.box), record.flip, collator.student_size)])
+            continue
+        student, teacher = collator.view_params(sample_id, *image.size)
+        views = [(student.box, student.flip, collator.student_size)]
+        if collator.emits_teacher_view:
+            views.append((teacher.box, teacher.flip, collator.teacher_size))
+        views += [(teacher.box, teacher.flip, size) for size in collator.active_extra_sizes]
+        plans.append(views)
+    return plans
+
+
+def whole_pixels(box: tuple[float, ...]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) in whole pixels, as torchvision's RandomResizedCrop crops."""
+    left, top = int(round(box[0])), int(round(box[1]))
+    return top, left, max(1, int(round(box[3])) - top), max(1, int(round(box[2])) - left)
+
+
+def tv_pipeline(images: list[bytes], plans, batch_size: int, functional: bool) -> int:
+    from torchvision.io import decode_jpeg
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as F
+
+    class SameCrop(v2.RandomResizedCrop):  # RandomResizedCrop, fed the box instead of drawing one
+        def make_params(self, flat_inputs):
+            top, left, height, width = self.box
+            return dict(top=top, left=left, height=height, width=width)
+
+    transforms: dict[int, tuple[Any, Any]] = {}
+    views = 0
+    for start in range(0, len(images), batch_size):
+        stacks: dict[int, list[torch.Tensor]] = {}
+        for data, plan in zip(images[start : start + batch_size], plans[start : start + batch_size]):
+            image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            for position, (box, flip, size) in enumerate(plan):
+                top, left, height, width = whole_pixels(box)
+                if functional:
+                    view = F.resized_crop(image, top, left, height, width, [size, size], antialias=True)
+                    view = F.horizontal_flip(view) if flip else view
+                else:
+                    if size not in transforms:
+                        crop = SameCrop(size, antialias=True)
+                        transforms[size] = (crop, v2.Compose([crop, v2.RandomHorizontalFlip(p=1.0)]))
+                    crop, with_flip = transforms[size]
+                    crop.box = (top, left, height, width)
+                    view = with_flip(image) if flip else crop(image)
+                stacks.setdefault(position, []).append(view)
+        for stack in stacks.values():
+            torch.stack(stack)
+            views += len(stack)
+    return views
+
+
+def timm_pipeline(images: list[bytes], plans, batch_size: int, mode: dict[str, Any]) -> int:
+    from timm.data import create_transform
+
+    full = mode.get("crop") == "rs"
+    transforms: dict[int, Any] = {}
+    views = 0
+    for start in range(0, len(images), batch_size):
+        stacks: dict[int, list[torch.Tensor]] = {}
+        for data, plan in zip(images[start : start + batch_size], plans[start : start + batch_size]):
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+            for position, (_, _, size) in enumerate(plan):
+                if size not in transforms:
+                    transforms[size] = create_transform(
+                        size,
+                        is_training=True,
+                        scale=(1.0, 1.0) if full else (0.08, 1.0),
+                        hflip=0.5,
+                        color_jitter=0.0,
+                        interpolation="bilinear",
+                        use_prefetcher=True,
+                    )
+                stacks.setdefault(position, []).append(torch.from_numpy(np.asarray(transforms[size](image))))
+        for stack in stacks.values():
+            torch.stack(stack)
+            views += len(stack)
+    return views
+
+
+# ------------------------------------------------------------------------------------------- measuring
+def count_views(batch: dict[str, torch.Tensor]) -> int:
+    return sum(
+        int(v.shape[0])
+        for k, v in batch.items()
+        if k == "pixel_values" or k.startswith("teacher_pixel_values")
+    )
+
+
+def run_collator(collator, rows, batch_size: int) -> int:
+    return sum(count_views(collator(rows[i : i + batch_size])) for i in range(0, len(rows), batch_size))
+
+
+def run_loader(trainer) -> int:
+    return sum(count_views(batch) for batch in trainer.get_train_dataloader())
+
+
+def timed(fn) -> tuple[float, int]:
+    start = time.perf_counter()
+    views = fn()
+    return time.perf_counter() - start, views
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--width", type=int, default=500)
+    parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--workers", type=int, nargs="*", default=[], help="extra loader runs with workers")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dataloader.md"))
+    parser.add_argument("--jsonl", default=None, help="also append one JSON line per mode here")
+    parser.add_argument("--label", default="", help="a note for the report's header (e.g. the code version)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    from hf_distill.reliability import defer_image_decoding
+
+    dataset = make_dataset(args.images, args.width, args.height)
+    images = [value["bytes"] for value in defer_image_decoding(dataset, "image")["image"]]
+    work = Path(tempfile.mkdtemp(prefix="hf_distill_dataloader_"))
+    results = []
+    for name in args.modes:
+        mode = MODES[name]
+        slug = name.split(" ")[0].replace("/", "_")
+        bank = make_bank(mode, dataset, work / f"{slug}-bank", args.batch_size) if mode.get("bank") else None
+        loaders = {
+            w: build_trainer(mode, dataset, work / f"{slug}-w{w}", args.batch_size, workers=w, bank=bank)
+            for w in [0, *args.workers]
+        }
+        trainer = loaders[0]
+        collator = trainer.data_collator
+        collator.set_epoch(0)
+        rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+        plans = planned_views(collator, rows)
+        variants = {
+            "collator": partial(run_collator, collator, rows, args.batch_size),
+            "loader": partial(run_loader, loaders[0]),
+            "timm": partial(timm_pipeline, images, plans, args.batch_size, mode),
+            "tv": partial(tv_pipeline, images, plans, args.batch_size, functional=False),
+            "tv-fn": partial(tv_pipeline, images, plans, args.batch_size, functional=True),
+        }
+        for w in args.workers:
+            variants[f"loader-w{w}"] = partial(run_loader, loaders[w])
+        for fn in variants.values():  # warm-up: imports, caches, first-call allocations
+            fn()
+        seconds: dict[str, list[float]] = {k: [] for k in variants}
+        views: dict[str, int] = {}
+        order = list(variants)
+        for repeat in range(args.repeats):
+            for key in order if repeat % 2 == 0 else order[::-1]:
+                elapsed, count = timed(variants[key])
+                seconds[key].append(elapsed)
+                views[key] = count
+        rate = {k: views[k] / statistics.median(v) for k, v in seconds.items()}
+        result = {
+            "mode": name,
+            "views_per_image": views["collator"] / len(rows),
+            "views_per_s": rate,
+            "runs_s": seconds,
+        }
+        results.append(result)
+        print(json.dumps({"mode": name, **{k: round(v, 1) for k, v in rate.items()}}), flush=True)
+        if args.jsonl:
+            with open(args.jsonl, "a") as handle:
+                handle.write(json.dumps(result) + "\n")
+    write_report(args, results, argv)
+
+
+def write_report(args, results, argv) -> None:
+    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dataloader.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    lines = [
+        "# Data path: rendered views per second per CPU core",
+        "",
+        f"Command: `{command.strip()}`" + (f" ({args.label})" if args.label else ""),
+        "",
+        f"{args.images} JPEG images (quality 90; 3 in 4 {args.width}x{args.height}, 1 in 4 "
+        f"{args.height}x{args.width}) in a `datasets` dataset, 224 px views (384 px for the ensemble's second "
+        f"teacher view), batch {args.batch_size}, one thread, variants interleaved, median of {args.repeats} "
+        f"repeats. {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), Python "
+        f"{platform.python_version()}, torch {torch.__version__}.",
+        "",
+        "views/s per core; ratio = views/s over torchvision v2's (transform classes, same crops).",
+        "",
+        "| mode | views/image | collator | trainer loader | timm | torchvision v2 | tv functional | collator / tv | loader / tv | loader / tv functional |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        v = r["views_per_s"]
+        lines.append(
+            f"| {r['mode']} | {r['views_per_image']:.0f} | {v['collator']:.0f} | {v['loader']:.0f} | {v['timm']:.0f} | "
+            f"{v['tv']:.0f} | {v['tv-fn']:.0f} | {v['collator'] / v['tv']:.2f}x | {v['loader'] / v['tv']:.2f}x | "
+            f"{v['loader'] / v['tv-fn']:.2f}x |"
+        )
+    if args.workers:
+        lines += [
+            "",
+            "Trainer loader with worker processes (views/s of the loader; per worker in brackets):",
+            "",
+        ]
+        lines += ["| mode | 0 workers | " + " | ".join(f"{w} workers" for w in args.workers) + " |"]
+        lines += ["|---|---|" + "---|" * len(args.workers)]
+        for r in results:
+            v = r["views_per_s"]
+            lines.append(
+                f"| {r['mode']} | {v['loader']:.0f} | "
+                + " | ".join(f"{v[f'loader-w{w}']:.0f} ({v[f'loader-w{w}'] / w:.0f})" for w in args.workers)
+                + " |"
+            )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from .batch import SAMPLE_IDS, teacher_view_key
+from .batch import PIXEL_VALUES, SAMPLE_IDS, teacher_view_key
 from .batch import teacher_views as teacher_views  # re-exported: the views of a batch by resolution
 from .images import _decode_undecoded as _decode_undecoded  # re-exported
 from .images import finish_image, open_image
@@ -207,6 +207,58 @@ def scale_view(params: ViewParams, reduction: int) -> ViewParams:
     return ViewParams(tuple(c / reduction for c in params.box), params.flip)
 
 
+PREPROCESSED_FIX = (
+    "the trainer normalises each model itself, with its own mean/std, so preprocessed pixel_values must be "
+    "uint8 in [0, 255], shape (3, H, W) at image_size: return e.g. torchvision's transforms.PILToTensor() (not "
+    "ToTensor()/Normalize()) or torch.from_numpy(np.array(image.convert('RGB'))).permute(2, 0, 1) from the "
+    "transform; or drop the transform / the pixel_values column and leave the views to the built-in collator "
+    "(it renders every view the teacher-input mode needs from the raw images)"
+)
+
+
+PREPROCESSED_MODES_FIX = (
+    "with preprocessed pixels use a mode whose teacher reads the student's pixels (teacher_input='same', "
+    "'same/rc', 'same/ic' or 'funmatch'), or give the raw images (drop the transform / the pixel_values column) "
+    "so the collator can render the teacher's view"
+)
+
+
+def preprocessed_view(value: Any, sample_id: int, size: int | None = None) -> torch.Tensor:
+    """A row's own ``pixel_values`` (a dataset preprocessed by ``map`` or ``set_transform``) as the uint8
+    (3, H, W) view the batch schema holds. Integer pixels in [0, 255] are taken as they are; float pixels
+    are refused: an image processor's or ``Normalize``'s output is normalised already, and its mean/std
+    cannot be told from the values, so they cannot be re-normalised for each model honestly."""
+    try:
+        pixels = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"sample {sample_id}: pixel_values is {type(value).__name__}, not an array ({error}); {PREPROCESSED_FIX}"
+        ) from error
+    shape = tuple(pixels.shape)
+    if pixels.is_floating_point():
+        low, high = (float(pixels.min()), float(pixels.max())) if pixels.numel() else (0.0, 0.0)
+        raise ValueError(
+            f"sample {sample_id}: pixel_values are {str(pixels.dtype).replace('torch.', '')} in "
+            f"[{low:.2f}, {high:.2f}] (already normalised or rescaled?); {PREPROCESSED_FIX}"
+        )
+    if pixels.ndim != 3 or shape[0] != 3:
+        raise ValueError(
+            f"sample {sample_id}: pixel_values of shape {shape}, not (3, H, W); {PREPROCESSED_FIX}"
+        )
+    if size is not None and shape[1:] != (size, size):
+        raise ValueError(
+            f"sample {sample_id}: pixel_values are {shape[1]}x{shape[2]} but the student trains at image_size="
+            f"{size}; resize to {size}x{size} in the transform, or set DistillationConfig.image_size={shape[1]}"
+        )
+    if pixels.dtype != torch.uint8:
+        if pixels.dtype == torch.bool or (
+            pixels.numel() and (int(pixels.min()) < 0 or int(pixels.max()) > 255)
+        ):
+            raise ValueError(f"sample {sample_id}: pixel_values outside [0, 255]; {PREPROCESSED_FIX}")
+        pixels = pixels.to(torch.uint8)
+    return pixels.contiguous()
+
+
 @dataclass
 class AugmentationConfig:
     """What the training views may do; names follow timm where timm has one."""
@@ -295,6 +347,8 @@ class DistillationCollator:
         return tuple(sorted({s for s in self.extra_teacher_sizes if s != self.teacher_size}))
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if rows and PIXEL_VALUES in rows[0]:
+            return self._collate_preprocessed(rows)
         emit_teacher = self.emits_teacher_view
         extra_sizes = self.active_extra_sizes
         student_views, teacher_view_list, sample_ids, labels = [], [], [], []
@@ -332,6 +386,30 @@ class DistillationCollator:
             batch[teacher_view_key(size)] = torch.stack(extra_views[size])
         if labels and len(labels) == len(rows):
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        if self.train and self.mode.mixing:
+            self._mix(batch)
+        return batch
+
+    def _collate_preprocessed(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Rows that bring their own ``pixel_values`` (the dataset's transform or ``map`` made the view): the
+        student's view as given, no teacher view (the teacher reads the student's pixels, resized on the
+        device to its resolution); batch mixing, when on, from (seed, epoch, sample ids) as usual."""
+        if self.train and self.mode.relation != "same":
+            raise ValueError(
+                f"teacher_input={self.teacher_input!r} renders the teacher's own view from the raw image, but "
+                f"these rows bring preprocessed pixel_values; {PREPROCESSED_MODES_FIX}"
+            )
+        ids = [int(row.get("sample_id", position)) for position, row in enumerate(rows)]
+        size = self.student_size
+        batch: dict[str, torch.Tensor] = {
+            PIXEL_VALUES: torch.stack(
+                [preprocessed_view(r[PIXEL_VALUES], i, size) for r, i in zip(rows, ids)]
+            ),
+            SAMPLE_IDS: torch.tensor(ids, dtype=torch.long),
+        }
+        labels = [row.get(self.label_column) if self.label_column is not None else None for row in rows]
+        if labels and all(label is not None for label in labels):
+            batch["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
         if self.train and self.mode.mixing:
             self._mix(batch)
         return batch

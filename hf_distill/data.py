@@ -71,3 +71,43 @@ def train_labels_by_sample_id(dataset: Any, label_column: str = "label") -> Tens
     by_id = torch.empty_like(labels)
     by_id[ids] = labels
     return by_id
+
+
+class StreamSampleIds:
+    """``IterableDataset.map(StreamSampleIds(rank, world), with_indices=True)``: a ``sample_id`` for every
+    streamed row, so the per-sample randomness of the views stays a function of (seed, epoch, sample).
+
+    ``datasets`` counts ``with_indices`` per iteration of the part of the stream one reader iterates: it
+    restarts at 0 in every epoch, and in every DataLoader worker and every process that reads its own shards
+    (Accelerate's ``dispatch_batches=False``). The id is that running index combined with the reader's
+    position (worker of ``num_workers``, process of ``world_size``), so no two rows of one epoch share an id
+    and a resumed run, which re-reads the epoch's stream in the same order, sees the same ids. For a shuffled
+    stream the id is the row's place in that epoch's order, which ``set_epoch`` makes a function of
+    (seed, epoch) too.
+    """
+
+    def __init__(self, process_index: int = 0, world_size: int = 1):
+        self.process_index = int(process_index)
+        self.world_size = max(1, int(world_size))
+
+    def __call__(self, row: dict[str, Any], index: int) -> dict[str, int]:
+        from torch.utils.data import get_worker_info
+
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        reader = worker_id * self.world_size + self.process_index
+        return {"sample_id": int(index) * num_workers * self.world_size + reader}
+
+
+def with_stream_sample_ids(dataset: Any, process_index: int = 0, world_size: int = 1) -> Any:
+    """``dataset`` (a ``datasets.IterableDataset``) with a ``sample_id`` column (:class:`StreamSampleIds`);
+    one that already has the column is returned as it is."""
+    from datasets import Value
+
+    columns = dataset.column_names or []
+    if "sample_id" in columns:
+        return dataset
+    features = None
+    if dataset.features is not None:
+        features = Features({**dataset.features, "sample_id": Value("int64")})
+    return dataset.map(StreamSampleIds(process_index, world_size), with_indices=True, features=features)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from .collators import preprocessed_view
 from .images import _decode_message, finish_image, load_image, open_image  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -372,17 +373,73 @@ def load_model_or_explain(load: Callable[[], Any], value: Any, field_name: str, 
         ) from error
 
 
+def format_transform(dataset: Any) -> Callable | None:
+    """The transform ``dataset.set_transform`` / ``with_transform`` installed (``dataset.format``), or None."""
+    fmt = getattr(dataset, "format", None)
+    if not isinstance(fmt, dict):
+        return None
+    return (fmt.get("format_kwargs") or {}).get("transform") if fmt.get("type") == "custom" else None
+
+
+def is_stream(dataset: Any) -> bool:
+    """Whether ``dataset`` is a ``datasets.IterableDataset`` (``load_dataset(..., streaming=True)``)."""
+    from datasets import IterableDataset
+
+    return isinstance(dataset, IterableDataset)
+
+
+def first_rows(dataset: Any, name: str, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` rows as the data loader will see them (through the dataset's transform, if any;
+    a stream reads only those rows). A transform that fails is named as the cause."""
+    from datasets import Dataset
+
+    transform = format_transform(dataset)
+    try:
+        if is_stream(dataset):
+            return list(dataset.take(count))
+        if isinstance(dataset, Dataset):
+            return [dataset[index] for index in range(min(count, len(dataset)))]
+    except Exception as error:
+        if transform is None:
+            raise
+        raise ValueError(
+            f"{name}: its transform ({getattr(transform, '__name__', type(transform).__name__)}, set with "
+            f"set_transform/with_transform) fails on the first rows: {type(error).__name__}: {error}. The "
+            "trainer gives the transform the rows unchanged (decoded images, as datasets gives them); fix the "
+            "transform, or remove it (dataset.reset_format()) and leave the views to the built-in collator"
+        ) from error
+    return []
+
+
+def is_preprocessed(dataset: Any, name: str = "dataset") -> bool:
+    """Whether the rows bring their own ``pixel_values`` (``dataset.map(process)`` or a transform that makes
+    them, as the Hugging Face tutorials do) instead of images for the collator to render."""
+    columns = getattr(dataset, "column_names", None) or []
+    if "pixel_values" in columns:
+        return True
+    if format_transform(dataset) is None and not (is_stream(dataset) and not columns):
+        return False
+    rows = first_rows(dataset, name, 1)
+    return bool(rows) and "pixel_values" in rows[0]
+
+
 def check_labels(dataset: Any, label_column: str, name: str) -> None:
-    """Reject a ``ClassLabel`` column holding -1 ("no label") or ids outside the class list, naming rows."""
+    """Reject a ``ClassLabel`` column holding -1 ("no label") or ids outside the class list, naming rows
+    (of a stream: its first rows)."""
     from datasets import ClassLabel, Dataset
 
-    if not isinstance(dataset, Dataset) or label_column not in dataset.column_names:
+    stream = is_stream(dataset)
+    columns = getattr(dataset, "column_names", None) or []
+    if not (isinstance(dataset, Dataset) or stream) or label_column not in columns:
         return
-    feature = dataset.features[label_column]
+    feature = (dataset.features or {}).get(label_column)
     if not isinstance(feature, ClassLabel):
         return
-    # Through the formatter, not dataset.data: a selected/shuffled dataset has an indices mapping.
-    labels = np.asarray(dataset.select_columns([label_column]).with_format("numpy")[label_column])
+    if stream:
+        labels = np.asarray([row[label_column] for row in dataset.select_columns([label_column]).take(64)])
+    else:
+        # Through the formatter, not dataset.data: a selected/shuffled dataset has an indices mapping.
+        labels = np.asarray(dataset.select_columns([label_column]).with_format("numpy")[label_column])
     bad = np.flatnonzero((labels < 0) | (labels >= feature.num_classes))
     if bad.size:
         raise ValueError(
@@ -396,25 +453,59 @@ def check_labels(dataset: Any, label_column: str, name: str) -> None:
 
 def check_first_images(dataset: Any, image_column: str, name: str, num_samples: int = 4) -> None:
     """Decode the first ``num_samples`` images at construction: a column of something else, or unreadable
-    data, fails here rather than at the first step. (Later rows are checked when the collator decodes them.)"""
+    data, fails here rather than at the first step. (Later rows are checked when the collator decodes them.)
+    Rows that bring their own ``pixel_values`` are checked as such (:func:`check_first_pixels`)."""
     from datasets import Dataset
 
-    if not isinstance(dataset, Dataset) or image_column not in dataset.column_names:
+    if not (isinstance(dataset, Dataset) or is_stream(dataset)):
         return
-    for index in range(min(num_samples, len(dataset))):
+    columns = getattr(dataset, "column_names", None) or []
+    transform = format_transform(dataset)
+    if transform is None and image_column not in columns and not (is_stream(dataset) and not columns):
+        return
+    if transform is None and not is_stream(dataset):
+        for index in range(min(num_samples, len(dataset))):
+            try:
+                value = dataset[index][image_column]
+            except Exception as error:
+                raise ValueError(_decode_message(index, image_column, error)) from error
+            load_image(value, sample_id=index, column=image_column)
+        return
+    rows = first_rows(dataset, name, num_samples)
+    if rows and "pixel_values" in rows[0]:
+        return
+    for index, row in enumerate(rows):
+        if image_column not in row:
+            raise ValueError(
+                f"{name}: its rows{' (the output of its transform)' if transform is not None else ''} have no "
+                f"'{image_column}' and no 'pixel_values' (keys: {sorted(row)}); return the image under "
+                f"'{image_column}' (DistillationConfig.image_column_name) or uint8 'pixel_values'"
+            )
+        load_image(row[image_column], sample_id=index, column=image_column)
+
+
+def check_first_pixels(dataset: Any, name: str, image_size: int, num_samples: int = 4) -> None:
+    """The first rows' own ``pixel_values`` must be the uint8 views the batch schema holds."""
+    for index, row in enumerate(first_rows(dataset, name, num_samples)):
         try:
-            value = dataset[index][image_column]
-        except Exception as error:
-            raise ValueError(_decode_message(index, image_column, error)) from error
-        load_image(value, sample_id=index, column=image_column)
+            preprocessed_view(row["pixel_values"], row.get("sample_id", index), image_size)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
 
 
 def defer_image_decoding(dataset: Any, image_column: str) -> Any:
     """Cast a ``datasets.Image`` column to ``decode=False`` so images are decoded in the collator, which
-    knows the sample id to report when one cannot be decoded (a schema change, no data is rewritten)."""
+    knows the sample id to report when one cannot be decoded (a schema change, no data is rewritten).
+
+    Never under a dataset with a transform (``set_transform``/``with_transform``): what the user's transform
+    receives stays what ``datasets`` gives it (decoded images)."""
     from datasets import Dataset, Image
 
-    if not isinstance(dataset, Dataset) or image_column not in dataset.column_names:
+    if not (isinstance(dataset, Dataset) or is_stream(dataset)):
+        return dataset
+    if format_transform(dataset) is not None:
+        return dataset
+    if image_column not in (dataset.column_names or []) or dataset.features is None:
         return dataset
     feature = dataset.features[image_column]
     if isinstance(feature, Image) and feature.decode:

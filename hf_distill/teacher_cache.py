@@ -438,9 +438,10 @@ class CachedTeacher(TeacherSource):
         if getattr(trainer.train_dataset, "_fingerprint", None) is None:
             raise ValueError(
                 f"DistillationConfig.use_teacher_cache with teacher_input={args.teacher_input!r}: the cache stores "
-                "one output per row of a map-style datasets.Dataset, but train_dataset is a "
-                f"{type(trainer.train_dataset).__name__}; pass a datasets.Dataset or set use_teacher_cache=false "
-                "(the teacher then runs on the fixed view every step)"
+                "one output per row of a map-style datasets.Dataset (its fingerprint identifies the data), but "
+                f"train_dataset is a {type(trainer.train_dataset).__name__}; pass a datasets.Dataset (load it "
+                "without streaming=True) or set use_teacher_cache=false (the teacher then runs on the fixed view "
+                "every step)"
             )
         collator = trainer.build_collator(args, train=True)
         # The main process computes and writes the cache; the others then read it.

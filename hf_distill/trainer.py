@@ -26,11 +26,11 @@ from transformers.trainer_utils import HubStrategy
 from transformers.utils.hub import PushInProgress
 
 from .batch import LABELS, PIXEL_VALUES, mixed_cross_entropy
-from .collators import AugmentationConfig, DistillationCollator
+from .collators import PREPROCESSED_MODES_FIX, AugmentationConfig, DistillationCollator, parse_teacher_input
 from .composition import check_composition, requirements
 from .config import DistillationConfig
 from .contract import TEACHER_NONE
-from .data import class_names, train_labels_by_sample_id
+from .data import class_names, train_labels_by_sample_id, with_stream_sample_ids
 from .distributed import autocast, autocast_dtype, integrity_module, place_teachers, to_channels_last
 from .hub import (
     LoadedModel,
@@ -56,8 +56,13 @@ from .reliability import (
     TeacherIntegrityCallback,
     check_finite_terms,
     check_first_images,
+    check_first_pixels,
     check_labels,
     defer_image_decoding,
+    first_rows,
+    format_transform,
+    is_preprocessed,
+    is_stream,
     load_model_or_explain,
     teacher_modules,
 )
@@ -79,33 +84,108 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 
 
 class _EpochCallback(TrainerCallback):
-    """Tells the collator which epoch starts, so augmentation follows (seed, epoch, sample id)."""
+    """Tells the collator which epoch starts, so augmentation follows (seed, epoch, sample id).
 
-    def __init__(self, collator: Any):
+    A stream has no length, so ``state.epoch`` counts ``max_steps`` as one epoch; its epochs are the passes
+    over the stream, which the Trainer's loop counts from 0 (as it passes them to the dataset's
+    ``set_epoch``), and so does this callback."""
+
+    def __init__(self, collator: Any, stream: bool = False):
         self.collator = collator
+        self.stream = stream
+        self.passes = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.passes = 0
 
     def on_epoch_begin(self, args, state, control, **kwargs):
+        epoch = self.passes if self.stream else math.floor(state.epoch + 1e-6)
+        self.passes += 1
         if hasattr(self.collator, "set_epoch"):
-            self.collator.set_epoch(math.floor(state.epoch + 1e-6))
+            self.collator.set_epoch(epoch)
 
 
 def _check_dataset(
     dataset: Dataset | None, name: str, config: DistillationConfig, own_collator: bool = True
-) -> None:
+) -> bool:
     """Refuse an empty dataset, a missing image column (only the built-in collator reads it; a user's
-    ``data_collator`` decides what it reads), unusable labels and undecodable first images."""
+    ``data_collator`` decides what it reads), unusable labels and undecodable first images; a stream
+    (``IterableDataset``) for training without ``max_steps``. Returns whether the built-in collator will read
+    the rows' own ``pixel_values`` (a dataset preprocessed by ``map`` or a transform)."""
     if dataset is None:
-        return
-    if len(dataset) == 0:
+        return False
+    stream = is_stream(dataset)
+    if stream and name == "train_dataset" and config.max_steps <= 0:
+        raise ValueError(
+            f"{name} is a streamed IterableDataset, which has no length, so num_train_epochs cannot say how "
+            "long to train; set DistillationConfig.max_steps to the number of optimizer steps (when the stream "
+            "ends first it starts again, as the next epoch)"
+        )
+    if (len(first_rows(dataset, name, 1)) if stream else len(dataset)) == 0:
         raise ValueError(f"{name} is empty; give a dataset with at least one image")
+    preprocessed = own_collator and is_preprocessed(dataset, name)
     columns = getattr(dataset, "column_names", None)
-    if own_collator and columns is not None and config.image_column_name not in columns:
+    if own_collator and not preprocessed and columns and config.image_column_name not in columns:
         raise ValueError(
             f"{name} has no column '{config.image_column_name}' (columns: {columns}); set "
             "DistillationConfig.image_column_name to the column that holds the images"
         )
     check_labels(dataset, config.label_column_name, name)  # -1 / out-of-range ids, before any step
-    check_first_images(dataset, config.image_column_name, name)
+    if not preprocessed:
+        check_first_images(dataset, config.image_column_name, name)
+    return preprocessed
+
+
+def _refuse_train_data(
+    args: DistillationConfig,
+    source_class: type | None,
+    ensemble: bool,
+    needs: list,
+    stream: bool,
+    preprocessed: bool,
+) -> None:
+    """What a streamed or preprocessed training set cannot give, refused at construction: a teacher source
+    that stores one output per row of a map-style dataset (a stream), or anything that renders the teacher's
+    own view from the raw images (preprocessed pixel_values)."""
+    if not (stream or preprocessed):
+        return
+    if (
+        preprocessed
+        and source_class is not None
+        and parse_teacher_input(args.teacher_input, args.crop).relation != "same"
+    ):
+        raise ValueError(
+            f"DistillationConfig.teacher_input={args.teacher_input!r} gives the teacher a view of its own, "
+            f"rendered from the raw image, but train_dataset brings preprocessed pixel_values; {PREPROCESSED_MODES_FIX}"
+        )
+    if source_class is not None and source_class is not LiveTeacher:
+        provided = source_class.provisions(args, ensemble)
+        if stream:
+            raise ValueError(
+                f"DistillationConfig.{provided.setting}: {provided.name} stores one teacher output per row of a "
+                "map-style datasets.Dataset, but train_dataset is a streamed IterableDataset; load it without "
+                "streaming=True (or materialise the stream with Dataset.from_generator), or "
+                f"{provided.alternative}"
+            )
+        raise ValueError(
+            f"DistillationConfig.{provided.setting}: {provided.name} renders its views from the raw images, but "
+            "train_dataset brings preprocessed pixel_values (its transform / map made them); give the raw images "
+            f"(drop the transform / the pixel_values column), or {provided.alternative}"
+        )
+    if not preprocessed:
+        return
+    own_view = sorted({name for name, need in needs if need.teacher_view})
+    if own_view:
+        raise ValueError(
+            f"DistillationConfig: {', '.join(own_view)} need(s) the teacher's own view, rendered from the raw "
+            "image, but train_dataset brings preprocessed pixel_values; give the raw images (drop the transform / "
+            "the pixel_values column) to use it"
+        )
+    logger.warning(
+        "train_dataset brings its own pixel_values: its transform decides the student's view (crop, crop_scale, "
+        "crop_ratio, crop_fraction and hflip are not applied) and the teacher reads those pixels, resized on the "
+        "device to its resolution"
+    )
 
 
 # The Hugging Face knowledge-distillation guide's trainer keywords, and where they live here.
@@ -221,6 +301,15 @@ def check_user_batch(batch: Any, where: str = "data_collator") -> None:
             raise ValueError(f"{where} returned {detail} '{key}'; {_UINT8_FIX}")
 
 
+def _holds_image(value: Any) -> bool:
+    """A decoded image, or an undecoded ``{"bytes", "path"}`` one, as datasets' ``Image`` feature gives it."""
+    from PIL import Image as PILImage
+
+    return isinstance(value, PILImage.Image) or (
+        isinstance(value, Mapping) and {"bytes", "path"} <= set(value)
+    )
+
+
 class _StudentLogitsOnly:
     """A user's ``preprocess_logits_for_metrics`` applied to the student's logits; the teacher's pass as they
     are, for the teacher metrics."""
@@ -234,10 +323,39 @@ class _StudentLogitsOnly:
         return reduced if teacher is None else (reduced, teacher)
 
 
-def _with_sample_ids(dataset: Dataset) -> Dataset:
+class _TransformWithSampleIds:
+    """A user's ``set_transform`` function, given exactly the rows it was given before (without the
+    ``sample_id`` column the trainer adds), whose output gets each row's ``sample_id`` back."""
+
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        batch = dict(batch)
+        ids = batch.pop("sample_id")
+        out = dict(self.transform(batch))
+        out["sample_id"] = ids
+        return out
+
+
+def _with_sample_ids(dataset: Any, args: DistillationConfig) -> Any:
+    """``dataset`` with a ``sample_id`` per row: its index (under a transform, added beside the transform's
+    output), or for a stream the running index of :class:`hf_distill.data.StreamSampleIds`."""
+    if is_stream(dataset):
+        return with_stream_sample_ids(dataset, args.process_index, args.world_size)
     if "sample_id" in dataset.column_names:
         return dataset
-    return dataset.add_column("sample_id", list(range(len(dataset))))
+    transform = format_transform(dataset)
+    if transform is None:
+        return dataset.add_column("sample_id", list(range(len(dataset))))
+    fmt = dataset.format
+    columns = fmt.get("columns")
+    with_ids = dataset.with_format(None).add_column("sample_id", list(range(len(dataset))))
+    return with_ids.with_transform(
+        _TransformWithSampleIds(transform),
+        columns=None if columns is None else [*columns, "sample_id"],
+        output_all_columns=fmt.get("output_all_columns", False),
+    )
 
 
 class DistillationTrainer(AtomicCheckpointMixin, Trainer):
@@ -292,8 +410,8 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         source_class = teacher_source_class(args, has_teacher=teacher_model is not None)
         if model is None:
             raise ValueError("no student: pass `model=` or set DistillationConfig.student_model_name_or_path")
-        labelled_train = train_dataset is None or args.label_column_name in getattr(
-            train_dataset, "column_names", []
+        labelled_train = train_dataset is None or args.label_column_name in (
+            getattr(train_dataset, "column_names", None) or []
         )
         needs = requirements(args, labelled=labelled_train)
         teacher_needs = [n for _, n in needs if n.teacher != TEACHER_NONE or n.features]
@@ -305,10 +423,20 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
                 "(training without a teacher needs alpha=0 and no loss_types: plain supervised training)"
             )
 
-        _check_dataset(train_dataset, "train_dataset", args, own_collator=not user_collator)
+        train_preprocessed = _check_dataset(
+            train_dataset, "train_dataset", args, own_collator=not user_collator
+        )
         eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {"eval_dataset": eval_dataset}
         for name, dataset in eval_sets.items():
             _check_dataset(dataset, name, args, own_collator=not user_collator)
+        _refuse_train_data(
+            args,
+            source_class,
+            isinstance(teacher_model, (list, tuple)) and len(teacher_model) > 1,
+            needs,
+            stream=is_stream(train_dataset),
+            preprocessed=train_preprocessed,
+        )
 
         self.label_names_ = self._resolve_label_names(train_dataset, eval_sets, args)
         # A student built from a name gets its initial weights from args.seed, as Trainer's model_init would:
@@ -337,6 +465,10 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             std=args.student_image_std,
         )
 
+        for name, dataset in {"train_dataset": train_dataset, **eval_sets}.items():
+            if dataset is not None and not user_collator and is_preprocessed(dataset, name):
+                check_first_pixels(dataset, name, self.student_preprocess.image_size)
+
         num_student_outputs = probe_num_outputs(
             student.module, student.library, self.student_preprocess, "image_size"
         )
@@ -361,7 +493,9 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         self._student_kwargs = forward_kwargs(
             student.module, student.library, self.student_preprocess.image_size
         )
-        self.num_train_samples = len(train_dataset) if train_dataset is not None else None
+        self.num_train_samples = (
+            len(train_dataset) if train_dataset is not None and not is_stream(train_dataset) else None
+        )
         build = Build(
             args=args,
             student=student,
@@ -388,14 +522,14 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             self._probe_user_collator(data_collator, train_dataset, eval_sets)
             self.eval_collator = data_collator
         self._user_collator = user_collator
-        if train_dataset is not None and isinstance(train_dataset, Dataset):
+        if train_dataset is not None and (isinstance(train_dataset, Dataset) or is_stream(train_dataset)):
             source_dataset = train_dataset
-            train_dataset = _with_sample_ids(train_dataset)
+            train_dataset = _with_sample_ids(train_dataset, args)
             if (
                 not user_collator
             ):  # decoding in our collator lets a corrupt image be reported with its sample id
                 train_dataset = defer_image_decoding(train_dataset, args.image_column_name)
-            if self.teacher_source is not None:
+            if self.teacher_source is not None and not is_stream(train_dataset):
                 data_collator = self.teacher_source.attach(
                     data_collator, source_dataset, train_dataset, self.label_names_
                 )
@@ -456,7 +590,7 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             compute_metrics=self._metrics_function(compute_metrics, args),
             # Auxiliary modules that are also TrainerCallbacks follow the loop (a method's phases).
             callbacks=[
-                _EpochCallback(data_collator),
+                _EpochCallback(data_collator, stream=is_stream(train_dataset)),
                 *(m for m in auxiliary.values() if isinstance(m, TrainerCallback)),
                 *(c for method in self.methods for c in method.callbacks()),
                 *(callbacks or []),
@@ -628,10 +762,12 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
     @staticmethod
     def _resolve_label_names(train_dataset, eval_sets, args: DistillationConfig) -> list[str]:
         for dataset in (train_dataset, *eval_sets.values()):
-            if dataset is not None and args.label_column_name in getattr(dataset, "column_names", []):
+            if dataset is not None and args.label_column_name in (
+                getattr(dataset, "column_names", None) or []
+            ):
                 names = class_names(dataset, args.label_column_name)
                 for name, other in eval_sets.items():
-                    if other is not None and args.label_column_name in other.column_names:
+                    if other is not None and args.label_column_name in (other.column_names or []):
                         other_names = class_names(other, args.label_column_name)
                         if other_names != names:
                             raise ValueError(
@@ -639,9 +775,19 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
                                 "evaluate on data with the same ClassLabel"
                             )
                 return names
+        unknown = any(
+            d is not None and is_stream(d) and d.features is None
+            for d in (train_dataset, *eval_sets.values())
+        )
         raise ValueError(
             f"no dataset has the label column '{args.label_column_name}', so the class names are unknown; give a "
             "labelled train or eval dataset (a ClassLabel column) or set DistillationConfig.label_column_name"
+            + (
+                " (a stream's columns are unknown after IterableDataset.map without features=: pass "
+                "features=Features({..., 'label': ClassLabel(names=[...])}) to map)"
+                if unknown
+                else ""
+            )
         )
 
     def _teacher_processor(self, index: int, count: int) -> Any:
@@ -722,11 +868,27 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
     def _probe_user_collator(self, collator: Callable, train_dataset: Any, eval_sets: dict) -> None:
         """Collate the first two rows of the first dataset now, so a batch the trainer cannot use (float,
         already normalised pixels; no ``pixel_values``) is refused before training, with the reason."""
-        dataset = next((d for d in (train_dataset, *eval_sets.values()) if d is not None), None)
-        if not isinstance(dataset, Dataset):
+        named = {"train_dataset": train_dataset, **eval_sets}
+        name, dataset = next(((n, d) for n, d in named.items() if d is not None), (None, None))
+        if not (isinstance(dataset, Dataset) or is_stream(dataset)):
             return
-        rows = [dataset[index] for index in range(min(2, len(dataset)))]
-        check_user_batch(collator(rows))
+        rows = first_rows(dataset, name, 2)
+        try:
+            batch = collator(rows)
+        except Exception as error:
+            images = sorted(key for key, value in rows[0].items() if _holds_image(value)) if rows else []
+            cause = (
+                f": column(s) {images} hold images, which a generic collator such as DefaultDataCollator cannot "
+                "batch; remove them (dataset.map(..., remove_columns=...) or dataset.remove_columns(...)) or "
+                "leave data_collator unset (the built-in collator reads images and uint8 pixel_values)"
+                if images
+                else ""
+            )
+            raise ValueError(
+                f"data_collator fails on the first rows of {name} ({type(error).__name__}: {error}); the rows hold "
+                f"{sorted(rows[0]) if rows else []}{cause}"
+            ) from error
+        check_user_batch(batch)
 
     def teacher_view_sizes(self, train: bool) -> tuple[int, ...]:
         """The teacher resolutions the collator renders views at: what the teacher source reads, and in

@@ -84,6 +84,7 @@ CHECKED_FIELDS = (
     "label_names",
     "temperature",
     "teacher_sources",
+    "teacher_ensemble_reduction",
 )
 
 
@@ -205,6 +206,7 @@ def bank_fingerprint(
     label_names: list[str] | None,
     temperature: float | None,
     teacher_sources: list[str] | None,
+    ensemble_reduction: str | None = None,
 ) -> dict[str, Any]:
     """The fields a training run compares against a bank (see :data:`CHECKED_FIELDS`)."""
     fingerprint = getattr(dataset, "_fingerprint", None)
@@ -235,6 +237,8 @@ def bank_fingerprint(
         # Only top-k banks depend on the temperature (the tail logit); None: any temperature replays.
         "temperature": temperature,
         "teacher_sources": list(teacher_sources) if teacher_sources is not None else None,
+        # An ensemble's outputs depend on how its members are reduced (None: a single teacher).
+        "teacher_ensemble_reduction": ensemble_reduction,
     }
 
 
@@ -246,6 +250,8 @@ def check_fingerprint(bank_meta: dict[str, Any], run: dict[str, Any], path: str)
             continue  # a run that names no teacher cannot be compared on it
         if name == "temperature" and theirs is None:
             continue
+        if name == "teacher_ensemble_reduction" and (ours is None or theirs is None):
+            continue  # a single teacher, a run whose teachers are modules, or a bank that predates the field
         if ours != theirs:
             if isinstance(ours, dict) and isinstance(theirs, dict):  # name the sub-field that differs
                 key = next(k for k in sorted({*ours, *theirs}) if ours.get(k) != theirs.get(k))
@@ -637,6 +643,7 @@ def generate_label_bank(
         label_names=label_names,
         temperature=float(temperature) if topk is not None else None,
         teacher_sources=teacher_sources,
+        ensemble_reduction=getattr(teacher, "reduction", None) if hasattr(teacher, "members") else None,
     )
     meta.update(
         teacher=_teacher_identity(teacher),
@@ -956,6 +963,9 @@ def attach_label_bank(
         label_names=label_names,
         temperature=float(args.temperature),
         teacher_sources=sources,
+        ensemble_reduction=args.teacher_ensemble_reduction
+        if sources is not None and len(sources) > 1
+        else None,
     )
     if not args.teacher_label_bank_ignore_fingerprint:
         check_fingerprint(bank.meta, run, args.teacher_label_bank)

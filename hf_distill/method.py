@@ -24,6 +24,7 @@ only what it changes:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -31,6 +32,7 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 
 from .contract import Needs
+from .data import train_labels_by_sample_id
 
 
 class Term(NamedTuple):
@@ -53,10 +55,17 @@ class Build:
     teacher: Any  # hf_distill.teacher.Teacher | TeacherEnsemble | None
     label_names: list[str]
     num_train_samples: int | None
-    train_labels: Any = None  # LongTensor (N,) of the training rows' labels, or None
+    train_dataset: Any = None  # the training rows as given (before sample ids are added)
+    label_column: str = "label"
     terms: list[Term] = field(default_factory=list)
     student_tap: Any = None  # hf_distill.features.FeatureTap when a term compares features
     teacher_tap: Any = None
+
+    @functools.cached_property
+    def train_labels(self) -> Tensor | None:
+        """Every training sample's class by sample id (see :func:`hf_distill.data.train_labels_by_sample_id`),
+        read from the dataset only when a method asks for it (it reads the whole label column)."""
+        return train_labels_by_sample_id(self.train_dataset, self.label_column)
 
 
 class Method:

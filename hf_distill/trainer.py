@@ -30,7 +30,7 @@ from .collators import PREPROCESSED_MODES_FIX, AugmentationConfig, DistillationC
 from .composition import check_composition, requirements
 from .config import DistillationConfig
 from .contract import TEACHER_NONE
-from .data import class_names, train_labels_by_sample_id, with_stream_sample_ids
+from .data import class_names, with_stream_sample_ids
 from .distributed import autocast, autocast_dtype, integrity_module, place_teachers, to_channels_last
 from .hub import (
     LoadedModel,
@@ -504,7 +504,8 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             teacher=self.teacher,
             label_names=self.label_names_,
             num_train_samples=self.num_train_samples,
-            train_labels=train_labels_by_sample_id(train_dataset, args.label_column_name),
+            train_dataset=train_dataset,
+            label_column=args.label_column_name,
             terms=resolve_terms(args),
         )
         self._renders_teacher_view = any(n.teacher_view for _, n in needs)

@@ -18,7 +18,7 @@ from datasets import Dataset, DatasetDict, load_dataset
 from transformers import HfArgumentParser
 
 from .config import DistillationConfig
-from .data import DIGITS_DATASET_ID, digits_dataset
+from .data import DIGITS_DATASET_ID, digits_dataset, per_class_subset
 
 logger = logging.getLogger(__name__)
 
@@ -269,6 +269,9 @@ def load_splits(args: DistillationConfig) -> tuple[Dataset, Dataset | None]:
             f"train_split='{args.train_split}' is not a split of {args.dataset_name}: {list(splits)}"
         )
     train = splits[args.train_split]
+    if args.train_samples_per_class is not None:
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        train = per_class_subset(train, args.train_samples_per_class, seed, args.label_column_name)
     if args.max_train_samples is not None:
         train = train.select(range(min(args.max_train_samples, len(train))))
     eval_split = splits[args.eval_split] if args.eval_split in splits else None

@@ -373,6 +373,13 @@ class DistillationConfig(TrainingArguments):
     max_train_samples: int | None = field(
         default=None, metadata=_help("Truncate the training split (debugging).")
     )
+    train_samples_per_class: int | None = field(
+        default=None,
+        metadata=_help(
+            "Few-shot training: keep this many images of every class of the training split, a stratified draw "
+            "by data_seed (seed when unset). The FunMatch paper's small-data regime (Flowers102, Pets)."
+        ),
+    )
     # -- FunMatch: teacher cache, ensembles, distillation data, optimizers ---------------------------
     use_teacher_cache: bool = field(
         default=True,
@@ -624,6 +631,16 @@ class DistillationConfig(TrainingArguments):
             "the remaining probability mass at `temperature` evenly; None stores full fp16 logits."
         ),
     )
+    label_bank_mix: str = field(
+        default="recorded",
+        metadata=_help(
+            "FunMatch banks: 'recorded' (default) records each mixed view and the teacher's output on it, as "
+            "live FunMatch; 'replay' records crops only and mixes at replay, with a partner, its record and the "
+            "mixing weight drawn per epoch, and the target the same mix of the two recorded teacher "
+            "distributions at `temperature` (FKD's mixed soft labels): R views give R^2 pairs and any weight, "
+            "but the target approximates the teacher's output on the mixed image."
+        ),
+    )
     # -- defaults that differ from TrainingArguments --------------------------------------------------
     remove_unused_columns: bool = field(
         default=False,
@@ -710,6 +727,13 @@ class DistillationConfig(TrainingArguments):
         self.teacher_feature_layers = [str(v) for v in self.teacher_feature_layers]
         if self.max_train_samples is not None and self.max_train_samples < 1:
             fail("max_train_samples", f"must be >= 1 or None (no truncation), got {self.max_train_samples!r}")
+        if self.train_samples_per_class is not None and (
+            not isinstance(self.train_samples_per_class, int) or self.train_samples_per_class < 1
+        ):
+            fail(
+                "train_samples_per_class",
+                f"must be a positive integer or None (all images), got {self.train_samples_per_class!r}",
+            )
         if self.save_on_sigterm and self.enable_jit_checkpoint:
             fail("save_on_sigterm", "and enable_jit_checkpoint both handle SIGTERM; set only one of them")
         for validate in _VALIDATORS:  # each method's and module's own fields (hf_distill.registry)

@@ -33,6 +33,37 @@ def digits_dataset(seed: int = 0, test_size: float = 0.3) -> DatasetDict:
     return ds.train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
 
 
+def per_class_subset(dataset: Dataset, per_class: int, seed: int = 0, label_column: str = "label") -> Dataset:
+    """A stratified few-shot subset: ``per_class`` images of every class, drawn without replacement by ``seed``
+    (the rows are shuffled with it, then the first ``per_class`` of each class are kept, in shuffled order).
+
+    Raises when a class has fewer than ``per_class`` images, naming the class and its count."""
+    if not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"train_samples_per_class must be a positive integer, got {per_class!r}")
+    if label_column not in dataset.column_names:
+        raise ValueError(
+            f"train_samples_per_class needs labels, but label_column_name='{label_column}' is not a column of the "
+            f"training data (columns: {dataset.column_names})"
+        )
+    labels = np.asarray(dataset[label_column])
+    order = np.random.default_rng(seed).permutation(len(labels))
+    counts = {int(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
+    short = {c: n for c, n in counts.items() if n < per_class}
+    if short:
+        raise ValueError(
+            f"train_samples_per_class={per_class}: classes {sorted(short)} have only {sorted(short.values())} "
+            "training images; lower train_samples_per_class"
+        )
+    taken: dict[int, int] = {}
+    keep = []
+    for index in order:
+        label = int(labels[index])
+        if taken.get(label, 0) < per_class:
+            taken[label] = taken.get(label, 0) + 1
+            keep.append(int(index))
+    return dataset.select(keep)
+
+
 def class_names(dataset: Dataset, label_column: str = "label") -> list[str]:
     """Class names from a dataset's ``ClassLabel`` column; a clear error when there is none."""
     if label_column not in dataset.column_names:

@@ -14,6 +14,13 @@ its own row alone, whatever the batch it lands in.
 Which record a sample replays in an epoch is a function of ``(seed, epoch, sample id)``
 (:func:`replay_record`), so a resumed run replays the same records.
 
+``label_bank_mix='replay'`` (FunMatch banks) records crops only and mixes at replay: in each epoch a sample
+draws, from ``(seed, epoch, sample id)``, a partner, the partner's record and the mixing parameters
+(:func:`replay_mix_record`); the student sees the two recorded crops mixed, and the target is the same mix
+of the two recorded teacher distributions at ``temperature``, as FKD mixes its soft labels. R records then
+give R² view pairs per image pair and any mixing weight, where a recorded-mix bank holds R fixed mixed views;
+the price is that the target is the mix of the teacher's outputs, not its output on the mixed image.
+
 Storage per record: the full logits in fp16 (``label_bank_topk=None``), or with ``k`` the k largest logits
 (fp16), their class ids and a *tail logit* (fp32). The tail logit is ``hf_distill.teacher_cache``'s: with
 top-k probabilities ``p_i = softmax(z / T)_i`` and tail mass ``m = 1 - sum_topk p_i``, every other class
@@ -59,8 +66,10 @@ from .version import __version__
 logger = logging.getLogger(__name__)
 
 BANK_FORMAT_VERSION = 1
+# label_bank_mix: the bank records the mixed views ('recorded') or crops only, mixed at replay ('replay').
+BANK_MIXES = ("recorded", "replay")
 METADATA_NAME = "label_bank.json"
-_PARTNER_STREAM, _REPLAY_STREAM = 3, 4
+_PARTNER_STREAM, _REPLAY_STREAM, _REPLAY_MIX_STREAM = 3, 4, 5
 # Modes whose teacher view a record can hold; fix/ic_ens averages many crops: the teacher cache's job.
 BANK_TEACHER_INPUTS = (
     "fix/rs",
@@ -157,10 +166,44 @@ def make_record(
 def choose_partner(seed: int, record: int, sample_id: int, position: int, num_samples: int) -> int:
     """The dataset position of the mixing partner of ``sample_id`` (at ``position``) in ``record``: uniform
     over the other samples, from (seed, record, sample id)."""
+    return _other_position(sample_generator(seed, record, sample_id, _PARTNER_STREAM), position, num_samples)
+
+
+def _other_position(rng: np.random.Generator, position: int, num_samples: int) -> int:
     if num_samples < 2:
         return position
-    other = int(sample_generator(seed, record, sample_id, _PARTNER_STREAM).integers(num_samples - 1))
+    other = int(rng.integers(num_samples - 1))
     return other + 1 if other >= position else other
+
+
+def replay_mix_plan(
+    seed: int, epoch: int, num_samples: int, num_records: int, mix_config: MixConfig, size: int
+) -> tuple[np.ndarray, np.ndarray, MixParams, Tensor]:
+    """``label_bank_mix='replay'``: every sample's mixing in ``epoch``, by dataset position: the partner's
+    position (uniform over the other samples), the partner's record (uniform over the R), the mixing
+    parameters (``MixParams`` of the N (sample, partner) pairs) and the sample's own weight on the
+    ``size`` x ``size`` student view (the pasted area for CutMix). Drawn at once from (seed, epoch), so a
+    sample's mixing does not depend on its batch or worker."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, _REPLAY_MIX_STREAM])))
+    positions = np.arange(num_samples)
+    partners = rng.integers(max(1, num_samples - 1), size=num_samples)
+    partners = np.where(num_samples < 2, positions, partners + (partners >= positions))
+    records = rng.integers(num_records, size=num_samples)
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    # a 2N 'pair' draw: pair i is (i, 2N-1-i); the first N entries hold one draw per sample
+    drawn = sample_mix_params(2 * num_samples, replace(mix_config, mode="pair"), generator)
+    params = MixParams(*(getattr(drawn, f.name)[:num_samples] for f in fields(MixParams)))
+    lam = torch.where(params.applied, params.lam_at_resolution(size, size), torch.ones_like(params.lam))
+    return partners, records, params, lam
+
+
+def mix_distributions(own: Tensor, partner: Tensor, lam: Tensor, temperature: float) -> Tensor:
+    """Logits whose softmax at ``temperature`` is ``lam * softmax(own / T) + (1 - lam) * softmax(partner / T)``
+    (row-wise): the mixed teacher target of a replay-mixed view, in the form every KD term reads."""
+    t = float(temperature)
+    lam = lam.to(own.dtype).unsqueeze(-1)
+    mixed = lam * torch.softmax(own / t, dim=-1) + (1 - lam) * torch.softmax(partner / t, dim=-1)
+    return t * torch.log(mixed.clamp_min(torch.finfo(mixed.dtype).tiny))
 
 
 def render_records(
@@ -603,6 +646,7 @@ def generate_label_bank(
     device: torch.device | str = "cpu",
     max_shards: int | None = None,
     progress: bool = True,
+    bank_mix: str = "recorded",
 ) -> dict[str, Any] | None:
     """Run ``teacher`` (a :class:`Teacher` or :class:`TeacherEnsemble`, each member at its own resolution)
     over ``num_records`` recorded views of every row of ``dataset`` and write the bank to ``output_dir``.
@@ -610,7 +654,8 @@ def generate_label_bank(
     Resumable: finished shards of ``shard_size`` samples live under ``output_dir/shards`` and are skipped on a
     restart. Under ``accelerate launch`` the processes take shards round-robin and the main process merges.
     ``max_shards`` stops after that many new shards (returns None; used to test resumption). Returns the
-    bank's metadata (fingerprint, R, k, resolutions, bytes per image per record).
+    bank's metadata (fingerprint, R, k, resolutions, bytes per image per record). ``bank_mix='replay'``
+    records crops only (no mixing), to be mixed at replay (``label_bank_mix='replay'``).
     """
     from accelerate import PartialState
     from datasets import Dataset, concatenate_datasets, load_from_disk
@@ -632,7 +677,9 @@ def generate_label_bank(
         augmentation=augmentation,
         seed=seed,
     )
-    mixing = mix_config if collator.mode.mixing else None
+    if bank_mix not in BANK_MIXES:
+        raise ValueError(f"label_bank_mix must be one of {list(BANK_MIXES)}, got {bank_mix!r}")
+    mixing = mix_config if collator.mode.mixing and bank_mix == "recorded" else None
     if mixing is not None and not (mixing.mixup_active or mixing.cutmix_active):
         mixing = None
     meta = bank_fingerprint(
@@ -652,6 +699,7 @@ def generate_label_bank(
         resolutions=list(sizes),
         interpolation=interpolation,
         seed=seed,
+        label_bank_mix=bank_mix,
     )
     output = Path(output_dir)
     shard_dir = output / "shards"
@@ -784,21 +832,64 @@ class LabelBankCollator(DistillationCollator):
     bank: LabelBank | None = None
     dataset: Any = None  # the training rows, to fetch mixing partners by sample id
     partner_cache_bytes: int = 256 * 2**20  # decoded mixing partners kept between batches (LRU)
+    replay_mix: MixConfig | None = None  # label_bank_mix='replay': mix recorded crops with these settings
+    replay_temperature: float = 1.0  # ... and the two teacher distributions at this temperature
     _positions: dict[int, int] = field(default_factory=dict, repr=False)
+    _ids: list[int] = field(default_factory=list, repr=False)
+    _plan: tuple = field(default=(), repr=False)  # (seed, epoch, replay_mix_plan(...)) of the last epoch
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _cache_bytes: int = 0
     _partner_data: Any = None
 
     @classmethod
-    def from_collator(cls, base: DistillationCollator, bank: LabelBank, dataset: Any) -> LabelBankCollator:
+    def from_collator(
+        cls, base: DistillationCollator, bank: LabelBank, dataset: Any, **options: Any
+    ) -> LabelBankCollator:
         collator = cls(
             **{f.name: getattr(base, f.name) for f in fields(DistillationCollator)},
             bank=bank,
             dataset=dataset,
+            **options,
         )
         if dataset is not None and "sample_id" in dataset.column_names:
-            collator._positions = {int(s): i for i, s in enumerate(dataset["sample_id"])}
+            collator._ids = [int(s) for s in dataset["sample_id"]]
+            collator._positions = {s: i for i, s in enumerate(collator._ids)}
+        elif dataset is not None:
+            collator._ids = list(range(len(dataset)))
         return collator
+
+    def _mix_at_replay(
+        self, records: list[ViewRecord], logits: Tensor, sample_ids: list[int]
+    ) -> tuple[list[ViewRecord], Tensor]:
+        """``label_bank_mix='replay'``: pair each replayed crop with a partner's recorded crop, with the
+        epoch's plan (:func:`replay_mix_plan`), and mix the two stored teacher distributions."""
+        bank = self.bank
+        if self._plan[:2] != (self.seed, self.epoch):
+            plan = replay_mix_plan(
+                self.seed, self.epoch, len(self._ids), bank.num_records, self.replay_mix, self.student_size
+            )
+            self._plan = (self.seed, self.epoch, plan)
+        partners, partner_records, params, lams = self._plan[2]
+        at = [self._positions.get(s, s) for s in sample_ids]
+        partner_ids = [self._ids[int(partners[i])] for i in at]
+        rows = [bank.row(p, int(partner_records[i])) for p, i in zip(partner_ids, at)]
+        theirs, partner_logits = bank.lookup(rows)
+        applied, cutmix = params.applied[at].tolist(), params.use_cutmix[at].tolist()
+        boxes, lam = params.boxes[at].tolist(), lams[at]
+        mixed = [
+            replace(
+                own,
+                partner_id=partner_id,
+                partner_box=other.box,
+                partner_flip=other.flip,
+                mixed=applied[j],
+                cutmix=cutmix[j],
+                lam=float(lam[j]),
+                cut_box=tuple(boxes[j]),
+            )
+            for j, (own, other, partner_id) in enumerate(zip(records, theirs, partner_ids))
+        ]
+        return mixed, mix_distributions(logits, partner_logits, lam, self.replay_temperature)
 
     def _partners(self, records: list[ViewRecord]) -> tuple[list[Any], list[int | None]]:
         """The partner images (None where a record is not mixed) and labels. Decoded partners are kept in a
@@ -843,6 +934,8 @@ class LabelBankCollator(DistillationCollator):
             if label is not None:
                 labels.append(int(label))
         records, stored_logits = bank.lookup(bank_rows)
+        if self.replay_mix is not None:
+            records, stored_logits = self._mix_at_replay(records, stored_logits, sample_ids)
         partners, partner_labels = self._partners(records) if self.mode.relation == "same" else ([], [])
         if self.mode.relation == "same":
             pixels = render_records(records, images, partners, self.student_size, self.student_interpolation)
@@ -891,6 +984,21 @@ def validate_bank_config(config: Any, fail: Any) -> None:
             "label_bank_topk",
             f"must be a positive integer or None (full logits), got {config.label_bank_topk!r}",
         )
+    if config.label_bank_mix not in BANK_MIXES:
+        fail("label_bank_mix", f"must be one of {list(BANK_MIXES)}, got {config.label_bank_mix!r}")
+    if config.label_bank_mix == "replay":
+        if config.teacher_input != "funmatch":
+            fail(
+                "label_bank_mix",
+                f"='replay' mixes recorded crops at replay, which only teacher_input='funmatch' mixes, but "
+                f"teacher_input={config.teacher_input!r}; set label_bank_mix='recorded' or teacher_input='funmatch'",
+            )
+        if not mix_config_of(config).mixup_active and not mix_config_of(config).cutmix_active:
+            fail(
+                "label_bank_mix",
+                "='replay' has nothing to mix: mixup_alpha, cutmix_alpha and cutmix_minmax are all off; set "
+                "label_bank_mix='recorded' or turn mixup/CutMix on",
+            )
     if config.teacher_label_bank is not None:
         refuse_unrepresentable(config, fail)  # modes and terms that need the live teacher
 
@@ -955,6 +1063,22 @@ def attach_label_bank(
     mixing = mix_config_of(args) if collator.mode.mixing else None
     if mixing is not None and not (mixing.mixup_active or mixing.cutmix_active):
         mixing = None
+    replay_mix = mixing if args.label_bank_mix == "replay" else None
+    recorded = bank.meta.get("label_bank_mix", "recorded")
+    if replay_mix is not None and bank.meta.get("mixing") is not None:
+        raise ValueError(
+            f"DistillationConfig.label_bank_mix='replay' mixes recorded crops at replay, but the bank "
+            f"{args.teacher_label_bank} records mixed views; set label_bank_mix='recorded', or generate a bank of "
+            "crops only with label_bank_mix='replay'"
+        )
+    if mixing is not None and replay_mix is None and recorded == "replay":
+        raise ValueError(
+            f"DistillationConfig.label_bank_mix='recorded' replays recorded mixed views, but the bank "
+            f"{args.teacher_label_bank} records crops only (made with label_bank_mix='replay'); set "
+            "label_bank_mix='replay' to mix them at replay, or generate a bank with label_bank_mix='recorded'"
+        )
+    if replay_mix is not None:
+        mixing = None  # the bank's fingerprint: crops only
     run = bank_fingerprint(
         dataset=source_dataset,
         teacher_input=args.teacher_input,
@@ -974,7 +1098,8 @@ def attach_label_bank(
             f"DistillationConfig.teacher_label_bank: the bank stores {bank.num_classes} classes but the data has "
             f"{len(label_names)}"
         )
-    return bank, LabelBankCollator.from_collator(collator, bank, train_dataset)
+    options = dict(replay_mix=replay_mix, replay_temperature=float(args.temperature))
+    return bank, LabelBankCollator.from_collator(collator, bank, train_dataset, **options)
 
 
 def generate_for_trainer(
@@ -1003,6 +1128,7 @@ def generate_for_trainer(
         shard_size=args.label_bank_shard_size,
         device=trainer.accelerator.device,
         progress=not args.disable_tqdm,
+        bank_mix=args.label_bank_mix,
     )
     options.update(kwargs)
     return generate_label_bank(trainer.teacher, dataset, output_dir, **options)
@@ -1028,17 +1154,21 @@ class BankTeacher(TeacherSource):
     @classmethod
     def provisions(cls, args: Any, ensemble: bool, topk: int | None = None) -> Provides:
         topk = topk if topk is not None else args.label_bank_topk
-        detail = f"teacher_label_bank, label_bank_topk={topk}" if topk else "teacher_label_bank"
+        replay = args.label_bank_mix == "replay"
+        detail = "teacher_label_bank" + (f", label_bank_topk={topk}" if topk else "")
+        detail += ", label_bank_mix='replay'" if replay else ""
         return Provides(
             name=f"a label bank ({detail})",
             setting="teacher_label_bank",
-            logits=not topk,
+            # mixed at replay: a mix of two distributions at `temperature`, not a teacher's logits
+            logits=not topk and not replay,
             temperature=float(args.temperature),
             features=False,
             live=False,
             labels_new=False,
             alternative="drop teacher_label_bank to train with the live teacher"
-            + ("" if not topk else ", or use a bank of full logits (label_bank_topk=null)"),
+            + ("" if not topk else ", or use a bank of full logits (label_bank_topk=null)")
+            + ("" if not replay else ", or replay recorded mixes (label_bank_mix='recorded')"),
         )
 
     def provides(self, train: bool) -> Provides | None:

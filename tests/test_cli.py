@@ -244,12 +244,16 @@ def test_train_samples_per_class_draws_a_stratified_subset_by_the_data_seed(tmp_
     train, evaluation = load_splits(args)
     assert Counter(train["label"]) == {c: 3 for c in range(10)} and len(evaluation) == 540
     again, _ = load_splits(args)
-    other, _ = load_splits(parse_config(argv=["--output_dir", str(tmp_path), "--train_samples_per_class", "3"]))
+    other, _ = load_splits(
+        parse_config(argv=["--output_dir", str(tmp_path), "--train_samples_per_class", "3"])
+    )
     pixels = [image.tobytes() for image in train["image"]]
     assert pixels == [image.tobytes() for image in again["image"]]  # the same seed, the same images
     assert pixels != [image.tobytes() for image in other["image"]]  # another seed, another draw
     assert set(pixels) <= {image.tobytes() for image in full["image"]}
-    with pytest.raises(ValueError, match=r"train_samples_per_class=200: classes .* lower train_samples_per_class"):
+    with pytest.raises(
+        ValueError, match=r"train_samples_per_class=200: classes .* lower train_samples_per_class"
+    ):
         load_splits(parse_config(argv=["--output_dir", str(tmp_path), "--train_samples_per_class", "200"]))
     with pytest.raises(ValueError, match="train_samples_per_class: must be a positive integer"):
         DistillationConfig(output_dir=str(tmp_path), train_samples_per_class=0)

@@ -526,7 +526,9 @@ def build_feature_modules(
         elif name == "crd":
             if not num_train_samples:
                 raise ValueError(
-                    "the crd term needs a train_dataset (its memory bank holds one row per sample)"
+                    "DistillationConfig.loss_types: the crd term needs a map-style train_dataset of known length "
+                    "(its memory bank holds one row per training sample), but none was given or it is streamed "
+                    "(IterableDataset / streaming=True); pass a map-style datasets.Dataset, or drop 'crd'"
                 )
             sampling = params.get("negative_sampling", "exact")
             if sampling == "exact" and train_labels is None:

@@ -281,3 +281,16 @@ def test_bad_feature_term_settings_fail_at_construction(tmp_path, digits, timm_t
         DistillationTrainer(
             model="test_resnet", teacher_model=timm_teacher_dir, args=args, train_dataset=digits["train"]
         )
+
+
+def test_crd_on_a_stream_is_refused_naming_the_stream(tmp_path, digits, timm_teacher_dir):
+    args = make_args(tmp_path, loss_types=["crd"], loss_weights=[0.8], max_steps=2, **LAYERS)
+    with pytest.raises(
+        ValueError, match=r"crd term needs a map-style train_dataset.*streaming=True.*drop 'crd'"
+    ):
+        DistillationTrainer(
+            model="test_resnet",
+            teacher_model=timm_teacher_dir,
+            args=args,
+            train_dataset=digits["train"].to_iterable_dataset(),
+        )

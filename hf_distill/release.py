@@ -208,6 +208,9 @@ def training_config(
         "max_steps": args.max_steps if args.max_steps > 0 else None,
         "training_steps": training_steps or None,
         "seed": args.seed,
+        # the training data when it is a subset of the named split
+        "train_samples_per_class": getattr(args, "train_samples_per_class", None),
+        "max_train_samples": getattr(args, "max_train_samples", None),
     }
     return {k: v for k, v in config.items() if v is not None and v != []}
 

@@ -255,5 +255,11 @@ def test_train_samples_per_class_draws_a_stratified_subset_by_the_data_seed(tmp_
         ValueError, match=r"train_samples_per_class=200: classes .* lower train_samples_per_class"
     ):
         load_splits(parse_config(argv=["--output_dir", str(tmp_path), "--train_samples_per_class", "200"]))
+    from hf_distill.release import training_config
+
+    assert training_config(args)["train_samples_per_class"] == 3  # the card says the data was a subset
+    assert "train_samples_per_class" not in training_config(
+        parse_config(argv=["--output_dir", str(tmp_path)])
+    )
     with pytest.raises(ValueError, match="train_samples_per_class: must be a positive integer"):
         DistillationConfig(output_dir=str(tmp_path), train_samples_per_class=0)

@@ -99,9 +99,9 @@ HINTON = dict(teacher_input="same/ic", temperature=4.0, alpha=0.9)
 KDDA_ARMS = {
     "CE": dict(alpha=0.0, teacher_input="same/ic"),
     "KD": dict(HINTON),
-    "KD+CutMix": dict(HINTON, augmentation_mode="cutmix"),
-    "KD+TLCutMix": dict(HINTON, augmentation_mode="tlcutmix"),
-    "KD+TLCutMix+pick": dict(HINTON, augmentation_mode="tlcutmix", pick=True),
+    "KD+CutMix": dict(HINTON, augmentation_mode="cutmix", cutmix_alpha=1.0),  # CutMix's Beta(1, 1)
+    "KD+TLCutMix": dict(HINTON, augmentation_mode="tlcutmix", cutmix_alpha=1.0),
+    "KD+TLCutMix+pick": dict(HINTON, augmentation_mode="tlcutmix", cutmix_alpha=1.0, pick=True),
 }
 SLKD_ARMS = {
     "KD": dict(HINTON),
@@ -322,7 +322,7 @@ def step_cost(options: argparse.Namespace, command: str) -> None:
                     machine=f"{platform.machine()}, {os.cpu_count()} CPU cores",
                     command=command,
                     cpu_seconds=0.0,
-                    accuracy=float("nan"),
+                    accuracy=None,
                 )
                 with RECORDS.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
@@ -528,7 +528,7 @@ def bank_figure(records: list[dict], path: Path) -> bool:
                 100 * mean_std([r["accuracy"] for r in runs])[0],
                 linestyle=style,
                 color="grey",
-                label=f"{arm}, live",
+                label=f"{arm}, teacher in training",
             )
     axis.set_xscale("log", base=2)
     save_figure(

@@ -261,5 +261,11 @@ def test_train_samples_per_class_draws_a_stratified_subset_by_the_data_seed(tmp_
     assert "train_samples_per_class" not in training_config(
         parse_config(argv=["--output_dir", str(tmp_path)])
     )
+    from hf_distill.data import per_class_subset
+
+    with pytest.raises(ValueError, match="train_samples_per_class needs labels.*label_column_name='label'"):
+        per_class_subset(full.remove_columns("label"), 3)
+    with pytest.raises(ValueError, match="train_samples_per_class must be a positive integer, got 0"):
+        per_class_subset(full, 0)
     with pytest.raises(ValueError, match="train_samples_per_class: must be a positive integer"):
         DistillationConfig(output_dir=str(tmp_path), train_samples_per_class=0)

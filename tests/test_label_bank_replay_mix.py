@@ -157,6 +157,15 @@ def test_a_recorded_mix_bank_is_refused_for_replay_mixing_and_the_reverse(crops_
     generate_for_trainer(
         DistillationTrainer(model=tiny_timm(seed=0), args=args, train_dataset=data), data, tmp_path / "mixed"
     )
+    with pytest.raises(
+        ValueError, match=r"label_bank_mix must be one of \['recorded', 'replay'\], got 'both'"
+    ):
+        generate_for_trainer(
+            DistillationTrainer(model=tiny_timm(seed=0), args=args, train_dataset=data),
+            data,
+            tmp_path / "never",
+            bank_mix="both",
+        )
     replay = make_args(tmp_path, teacher_label_bank=str(tmp_path / "mixed"), **ARGS)
     with pytest.raises(ValueError, match="label_bank_mix='replay'.*records mixed views"):
         DistillationTrainer(model=tiny_timm(seed=0), args=replay, train_dataset=data)

@@ -108,6 +108,8 @@ SLKD_ARMS = {
     "SLKD, 1 SL-T": dict(HINTON, slkd_num_teachers=1),
     "SLKD, 2 SL-Ts": dict(HINTON, slkd_num_teachers=2),
 }
+# An arm whose settings equal another part's arm is that arm: its runs are shared, not repeated.
+SHARED_ARMS = {("slkd", "KD"): ("kdda", "KD")}
 PARTS = {
     "inputs": dict(k=10, schedules=SCHEDULES, arms=INPUT_ARMS),
     "inputs30": dict(k=30, schedules=SCHEDULES, arms=INPUT_ARMS),
@@ -115,6 +117,9 @@ PARTS = {
     "kdda": dict(k=10, schedules=[30, 100, 300, 1000], arms=KDDA_ARMS),
     "slkd": dict(k=10, schedules=[30, 100, 300, 1000], arms=SLKD_ARMS),
 }
+for (_part, _arm), (_source, _source_arm) in SHARED_ARMS.items():
+    assert PARTS[_part]["arms"][_arm] == PARTS[_source]["arms"][_source_arm]
+    assert PARTS[_part]["k"] == PARTS[_source]["k"]
 
 
 # ------------------------------------------------------------------------------------------------- running
@@ -131,6 +136,13 @@ def ensure_teacher() -> None:
 
 def run_key(record: dict) -> tuple:
     return (record["part"], record["arm"], record["k"], record["epochs"], record["seed"])
+
+
+def source_task(task: tuple) -> tuple:
+    """The task whose runs stand for ``task`` (itself unless its arm is shared with another part's)."""
+    part, arm, *rest = task
+    source = SHARED_ARMS.get((part, arm))
+    return (*source, *rest) if source else task
 
 
 def done_keys() -> set[tuple]:
@@ -354,7 +366,9 @@ def run_part(options: argparse.Namespace) -> None:
         return
     finished = done_keys()
     tasks = [
-        t for t in tasks_of(options.part, options.seeds, options.arms, options.epochs) if t not in finished
+        t
+        for t in tasks_of(options.part, options.seeds, options.arms, options.epochs)
+        if source_task(t) not in finished
     ]
     print(
         f"part {options.part}: {len(tasks)} runs to do ({len(finished)} records already written)", flush=True
@@ -363,7 +377,7 @@ def run_part(options: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     context = get_context("spawn")
     with ProcessPoolExecutor(max_workers=options.jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(run_one, task, command): task for task in tasks}
+        futures = {pool.submit(run_one, source_task(task), command): task for task in tasks}
         for future in as_completed(futures):
             record = future.result()
             with RECORDS.open("a") as handle:
@@ -383,10 +397,13 @@ def load_records() -> list[dict]:
 
 
 def grouped(records: list[dict], part: str) -> dict[tuple[str, int], list[dict]]:
+    """The part's runs by (arm, epochs), shared arms included (see ``SHARED_ARMS``)."""
+    sources = {source: arm for (owner, arm), source in SHARED_ARMS.items() if owner == part}
     groups: dict[tuple[str, int], list[dict]] = {}
     for record in records:
-        if record["part"] == part:
-            groups.setdefault((record["arm"], record["epochs"]), []).append(record)
+        arm = record["arm"] if record["part"] == part else sources.get((record["part"], record["arm"]))
+        if arm is not None:
+            groups.setdefault((arm, record["epochs"]), []).append(record)
     return groups
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import HubStrategy
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, get_last_checkpoint
 from transformers.utils.hub import PushInProgress
 
 from .batch import LABELS, PIXEL_VALUES, mixed_cross_entropy
@@ -103,6 +104,41 @@ class _EpochCallback(TrainerCallback):
         self.passes += 1
         if hasattr(self.collator, "set_epoch"):
             self.collator.set_epoch(epoch)
+
+
+# Written into each checkpoint of a streamed run: which pass over the stream the checkpoint was saved in.
+STREAM_POSITION_NAME = "stream_position.json"
+
+
+def check_stream_resume(checkpoint: str, ignore_data_skip: bool) -> None:
+    """Refuse to resume a streamed run from a checkpoint saved after its first pass over the stream.
+
+    A stream has no length, so the Trainer counts the whole run as one epoch and fast-forwards a resumed run
+    by skipping ``global_step`` batches of the stream's *first* pass. Within that pass the skip lands on the
+    batch the interrupted run would have read next; past it the skip runs off the end of the first pass and
+    the resumed run starts the next pass from its first batch, training on other batches than the
+    interrupted run would have (silently, with no error)."""
+    if ignore_data_skip:
+        return
+    path = os.path.join(checkpoint, STREAM_POSITION_NAME)
+    passes = None
+    if os.path.isfile(path):
+        with open(path) as handle:
+            passes = int(json.load(handle)["pass"])
+    if passes == 0:
+        return
+    where = (
+        f"was saved in pass {passes} (counted from 0) over the streamed train_dataset"
+        if passes is not None
+        else f"does not record where in the streamed train_dataset it was saved (it has no {STREAM_POSITION_NAME})"
+    )
+    raise ValueError(
+        f"resume_from_checkpoint={checkpoint!r} {where}: the Trainer fast-forwards a stream by skipping "
+        "batches of its first pass only, so the resumed run would train on other batches than the "
+        "interrupted run. To resume exactly, train on a map-style datasets.Dataset (load without "
+        "streaming=True, or materialise the stream with Dataset.from_generator); to continue from the "
+        "start of the stream without fast-forwarding, set DistillationConfig.ignore_data_skip=True."
+    )
 
 
 def _check_dataset(
@@ -582,6 +618,8 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
                 self.num_train_samples,
                 args.train_batch_size,
             )
+        epoch_callback = _EpochCallback(data_collator, stream=is_stream(train_dataset))
+        self._epoch_callback = epoch_callback
         super().__init__(
             model=trained,
             args=args,
@@ -591,7 +629,7 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
             compute_metrics=self._metrics_function(compute_metrics, args),
             # Auxiliary modules that are also TrainerCallbacks follow the loop (a method's phases).
             callbacks=[
-                _EpochCallback(data_collator, stream=is_stream(train_dataset)),
+                epoch_callback,
                 *(m for m in auxiliary.values() if isinstance(m, TrainerCallback)),
                 *(c for method in self.methods for c in method.callbacks()),
                 *(callbacks or []),
@@ -1097,6 +1135,32 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         return self._with_collator(
             self.eval_collator, lambda: super(DistillationTrainer, self).get_test_dataloader(test_dataset)
         )
+
+    # ------------------------------------------------------------------------------------------- training
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        if (
+            resume_from_checkpoint is not None
+            and resume_from_checkpoint is not False
+            and self._epoch_callback.stream
+        ):
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint is not None:  # a missing one is the Trainer's own error
+                check_stream_resume(checkpoint, self.args.ignore_data_skip)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self._epoch_callback.stream and self.is_world_process_zero():
+            folder = os.path.join(
+                self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            with open(os.path.join(folder, STREAM_POSITION_NAME), "w") as handle:
+                json.dump(
+                    {"pass": max(0, self._epoch_callback.passes - 1), "global_step": self.state.global_step},
+                    handle,
+                )
 
     # ------------------------------------------------------------------------------------------- saving
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

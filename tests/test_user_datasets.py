@@ -3,6 +3,10 @@ and streamed (``IterableDataset``, as ``load_dataset(..., streaming=True)`` give
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +16,9 @@ from transformers import DefaultDataCollator, TrainerCallback, ViTImageProcessor
 
 from hf_distill import DistillationTrainer
 from hf_distill.data import with_stream_sample_ids
+from hf_distill.trainer import STREAM_POSITION_NAME
 
-from .conftest import SMALL, make_args, tiny_timm
+from .conftest import SMALL, make_args, save_in_hub_layout, tiny_timm
 
 
 def to_uint8(image, size: int = SMALL) -> torch.Tensor:
@@ -373,3 +378,80 @@ def test_streamed_preprocessed_rows_train(tmp_path, digits, timm_teacher_dir):
     before = student_weights(trainer)
     trainer.train()
     assert changed(before, trainer)
+
+
+# ------------------------------------------------------------------------------------- resuming a stream
+def _stream_run(out, digits, teacher_dir, resume=None, **overrides):
+    """8 steps over a 96-row stream (6 batches a pass: steps 7 and 8 are in the second pass), a checkpoint
+    every step; returns the trainer and the (global step, sample ids) of every batch it trained on."""
+    trainer = DistillationTrainer(
+        model=tiny_timm(seed=0),
+        teacher_model=teacher_dir,
+        args=make_args(out, max_steps=8, crop="ic", save_strategy="steps", save_steps=1, **overrides),
+        train_dataset=digits["train"].to_iterable_dataset(),
+    )
+    batches = []
+    compute_loss = trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        batches.append(
+            (trainer.state.global_step, inputs["sample_ids"].tolist(), trainer.data_collator.epoch)
+        )
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = recording
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, batches
+
+
+@pytest.fixture(scope="module")
+def straight_stream_run(tmp_path_factory, digits):
+    root = tmp_path_factory.mktemp("straight-stream")
+    teacher_dir = save_in_hub_layout(tiny_timm(seed=1), root / "teacher")
+    return (*_stream_run(root, digits, teacher_dir), teacher_dir)
+
+
+@pytest.mark.parametrize("resume_at", [3, 6], ids=["mid-pass", "end-of-first-pass"])
+def test_stream_resumed_within_its_first_pass_matches_the_straight_run(
+    tmp_path, digits, straight_stream_run, resume_at
+):
+    straight, straight_batches, teacher_dir = straight_stream_run
+    checkpoint = os.path.join(straight.args.output_dir, f"checkpoint-{resume_at}")
+    with open(os.path.join(checkpoint, STREAM_POSITION_NAME)) as handle:
+        assert json.load(handle) == {"pass": 0, "global_step": resume_at}
+    resumed, batches = _stream_run(tmp_path, digits, teacher_dir, resume=checkpoint)
+    # The resumed run reads exactly the batches (sample ids and epochs) the straight run read after resume_at.
+    assert batches == straight_batches[resume_at:]
+    for name, value in straight.student.state_dict().items():
+        assert torch.equal(value, resumed.student.state_dict()[name]), name
+
+
+def test_stream_resume_past_its_first_pass_is_refused_before_training(tmp_path, digits, straight_stream_run):
+    straight, straight_batches, teacher_dir = straight_stream_run
+    assert [epoch for _, _, epoch in straight_batches] == [0] * 6 + [1] * 2
+    checkpoint = os.path.join(straight.args.output_dir, "checkpoint-7")
+    with open(os.path.join(checkpoint, STREAM_POSITION_NAME)) as handle:
+        assert json.load(handle)["pass"] == 1
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint-7.*pass 1 .*streamed train_dataset.*first pass.*map-style datasets.Dataset.*"
+        r"ignore_data_skip=True",
+    ):
+        _stream_run(tmp_path, digits, teacher_dir, resume=checkpoint)
+    assert not list((tmp_path / "out").glob("checkpoint-*"))  # refused before a step or a checkpoint
+    # resume_from_checkpoint=True: the last checkpoint of output_dir, checked the same way.
+    shutil.copytree(straight.args.output_dir, tmp_path / "again" / "out")
+    with pytest.raises(ValueError, match=r"checkpoint-8.*pass 1 "):
+        _stream_run(tmp_path / "again", digits, teacher_dir, resume=True)
+
+    # A checkpoint that does not say where in the stream it was saved cannot be checked: refused too.
+    unknown = tmp_path / "unknown"
+    shutil.copytree(os.path.join(straight.args.output_dir, "checkpoint-3"), unknown)
+    os.remove(unknown / STREAM_POSITION_NAME)
+    with pytest.raises(ValueError, match=rf"does not record.*{STREAM_POSITION_NAME}"):
+        _stream_run(tmp_path, digits, teacher_dir, resume=str(unknown))
+
+    # ignore_data_skip=True asks for no fast-forward: the run continues from the stream's first batch.
+    resumed, batches = _stream_run(tmp_path, digits, teacher_dir, resume=checkpoint, ignore_data_skip=True)
+    assert resumed.state.global_step == 8
+    assert batches[0][:2] == (7, straight_batches[0][1])

@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher_placement", default="auto")
     parser.add_argument("--save", action="store_true", help="also save_model() to <output_dir>/student")
     parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument(
+        "--slkd_mode",
+        default=None,
+        help="train one SL-T (test_convnext: no BatchNorm) beside the student in this slkd_mode",
+    )
     options = parser.parse_args(argv)
 
     out = Path(options.output_dir)
@@ -51,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     teacher_dir = out / f"teacher-rank{rank}"
     save_in_hub_layout(tiny_timm(options.teacher, seed=1), teacher_dir)
     ds = digits_dataset(seed=0, test_size=0.3)["train"].select(range(128))
+    slkd = {}
+    if options.slkd_mode:
+        slkd = dict(slkd_num_teachers=1, slkd_mode=options.slkd_mode, slkd_architecture="test_convnext")
     args = make_args(
         out,
         output_dir=str(out / "trainer"),
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         report_to="none",
         image_size=options.image_size,
         teacher_image_size=options.image_size,
+        **slkd,
     )
     trainer = DistillationTrainer(
         model=tiny_timm(options.student, seed=3),
@@ -72,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         args=args,
         train_dataset=ds,
     )
+    if trainer.accelerator.is_main_process:
+        initial = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+        torch.save({k: v.detach().float().cpu() for k, v in initial.items()}, out / "initial.pt")
     trainer.train()
     if options.save:
         trainer.save_model(str(out / "student"))

@@ -237,6 +237,34 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     assert run["losses"] == pytest.approx(reference_run["losses"], abs=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_two_process_slkd_matches_one_process(tmp_path, mode):
+    """SLKD under DDP: in ``sequential`` mode the SL-Ts take their own update inside the forward, with their
+    gradients all-reduced by hand; two processes of 8 must reach the one-process run of 16, SL-Ts included."""
+    single = tmp_path / "single"
+    distributed_run.main(
+        ["--output_dir", str(single), "--per_device_batch", "16", "--cpu", "--slkd_mode", mode]
+    )
+    reference = torch.load(single / "params.pt")
+    assert any(k.startswith("auxiliary.") for k in reference)  # the SL-T is in the compared state
+    run = launch(
+        tmp_path,
+        ["--multi_gpu", "--num_processes", "2", "--mixed_precision", "no"],
+        ["--output_dir", str(tmp_path), "--per_device_batch", "8", "--cpu", "--slkd_mode", mode],
+    )
+    assert run["backend"] == "ddp" and run["num_processes"] == 2
+    params = torch.load(tmp_path / "params.pt")
+    initial = torch.load(single / "initial.pt")
+    assert max_difference(params, reference) < 1e-6
+    for prefix in ("student.", "auxiliary."):  # both networks trained
+        assert any(
+            not torch.equal(params[k], initial[k])
+            for k in params
+            if k.startswith(prefix) and params[k].is_floating_point()
+        )
+
+
 def deepspeed_env() -> dict[str, str]:
     # DeepSpeed picks CUDA when it sees a GPU; on a CPU-only machine say so explicitly.
     return {} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu"}

@@ -23,7 +23,7 @@ from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, get_last_checkpoint
+from transformers.trainer_utils import HubStrategy, get_last_checkpoint
 from transformers.utils.hub import PushInProgress
 
 from .batch import LABELS, PIXEL_VALUES, mixed_cross_entropy
@@ -1151,16 +1151,11 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
-        if self._epoch_callback.stream and self.is_world_process_zero():
-            folder = os.path.join(
-                self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
-            with open(os.path.join(folder, STREAM_POSITION_NAME), "w") as handle:
-                json.dump(
-                    {"pass": max(0, self._epoch_callback.passes - 1), "global_step": self.state.global_step},
-                    handle,
-                )
+        self._writing_checkpoint = True  # save_model below writes the stream position beside the weights
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._writing_checkpoint = False
 
     # ------------------------------------------------------------------------------------------- saving
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -1172,6 +1167,18 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         finally:
             self._saving_checkpoint = False
         if _internal_call:
+            if (
+                getattr(self, "_writing_checkpoint", False)
+                and self._epoch_callback.stream
+                and self.args.should_save
+            ):
+                # Inside the checkpoint's staging directory, so it is published with the rest (atomically).
+                position = {
+                    "pass": max(0, self._epoch_callback.passes - 1),
+                    "global_step": self.state.global_step,
+                }
+                with open(os.path.join(output_dir, STREAM_POSITION_NAME), "w") as handle:
+                    json.dump(position, handle)
             return
         if self.args.write_model_card:
             write_release_files(self, output_dir)

@@ -482,8 +482,13 @@ def curve_figure(part: str, records: list[dict], path: Path, title: str) -> bool
                 color=line.get_color(),
                 alpha=0.2,
             )
+    teacher = next(
+        (r["teacher_accuracy"] for rs in groups.values() for r in rs if r.get("teacher_accuracy")), None
+    )
     for axis in axes.flat:
         axis.set_xscale("log")
+        if teacher:
+            axis.axhline(100 * teacher, linestyle=":", color="grey", label="teacher")
     # right: the long schedules, where the settings separate
     longest = max(e for _, e in groups)
     tail = [100 * r["accuracy"] for (_, e), rs in groups.items() if e >= longest / 10 for r in rs]
@@ -600,6 +605,12 @@ def report() -> None:
         figure = RESULTS / f"paper_claims_{part}.png"
         curve_figure(part, records, figure, title)
         lines += [f"## {title}", "", f"![{title}]({figure.name})", "", *curve_table(part, records), ""]
+        lines += [
+            f"The `{arm}` line is the `{source}` part's `{source_arm}` runs (the same settings), shared rather "
+            "than run again.\n"
+            for (owner, arm), (source, source_arm) in SHARED_ARMS.items()
+            if owner == part
+        ]
     if grouped(records, "bank"):
         bank_figure(records, RESULTS / "paper_claims_bank.png")
         lines += ["## Label banks, k=10 images per class", "", "![label banks](paper_claims_bank.png)", ""]

@@ -27,7 +27,8 @@ included); ``--report`` turns the lines into ``benchmarks/results/paper_claims.m
     .venv/bin/python benchmarks/paper_claims.py --report
 
 Shared by every arm: the teacher ``outputs/teacher-digits-16`` (resnet18 trained with cross-entropy on all
-1,257 training digits at 16x16 px by ``recipes/train_teacher.py --image_size 16``; trained when missing),
+1,257 training digits at 16x16 px by ``recipes/train_teacher.py --image_size 16`` with two threads; trained
+when missing, the same weights bit for bit on the same machine type),
 the student timm ``test_resnet`` (0.37 M parameters) from scratch at 16x16 px, inception crops with scale
 [0.35, 1] and no flips (a flipped digit is another digit), AdamW lr 3e-3, weight decay 1e-4, cosine decay
 with 5% warm-up, batch 50, gradient clipping 1.0, one thread per run.
@@ -123,15 +124,46 @@ for (_part, _arm), (_source, _source_arm) in SHARED_ARMS.items():
 
 
 # ------------------------------------------------------------------------------------------------- running
-def ensure_teacher() -> None:
-    if (TEACHER_DIR / "config.json").exists():
-        return
-    sys.path.insert(0, str(ROOT / "recipes"))
-    import train_teacher
+# The teacher is trained with this many threads: CPU kernels reduce in an order that depends on the thread
+# count, so the same command gives the same teacher, bit for bit, only with the same count.
+TEACHER_THREADS = 2
 
-    train_teacher.main(
-        ["--output_dir", str(TEACHER_DIR), "--image_size", str(SIZE), "--disable_tqdm", "true"]
-    )
+
+def ensure_teacher() -> str:
+    """Train the teacher when it is missing; returns its fingerprint (see :func:`teacher_fingerprint`)."""
+    if not (TEACHER_DIR / "config.json").exists():
+        import torch
+
+        sys.path.insert(0, str(ROOT / "recipes"))
+        import train_teacher
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(TEACHER_THREADS)
+        try:
+            train_teacher.main(
+                ["--output_dir", str(TEACHER_DIR), "--image_size", str(SIZE), "--disable_tqdm", "true"]
+            )
+        finally:
+            torch.set_num_threads(threads)
+    return teacher_fingerprint()
+
+
+def teacher_fingerprint() -> str:
+    """The first 16 hex digits of the SHA-256 of the teacher's weights: every record carries it, and a part
+    refuses to add runs beside records of another teacher."""
+    import hashlib
+
+    return hashlib.sha256((TEACHER_DIR / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def check_one_teacher(records: list[dict], teacher: str) -> None:
+    others = sorted({str(r.get("teacher_sha256")) for r in records} - {teacher})
+    if others:
+        raise SystemExit(
+            f"{RECORDS} holds runs of another teacher ({', '.join(others)}; this teacher is {teacher}): runs "
+            "of two teachers cannot share one table. Move those records away (or pass --records for a new "
+            f"file), or put their teacher back in {TEACHER_DIR}."
+        )
 
 
 def run_key(record: dict) -> tuple:
@@ -247,6 +279,7 @@ def run_one(task: tuple[str, str, int, int, int], command: str) -> dict:
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "command": command,
+        "teacher_sha256": teacher_fingerprint(),
     }
 
 
@@ -333,6 +366,7 @@ def step_cost(options: argparse.Namespace, command: str) -> None:
                     torch=torch.__version__,
                     machine=f"{platform.machine()}, {os.cpu_count()} CPU cores",
                     command=command,
+                    teacher_sha256=teacher_fingerprint(),
                     cpu_seconds=0.0,
                     accuracy=None,
                 )
@@ -358,7 +392,8 @@ def cost_table(records: list[dict]) -> list[str]:
 
 
 def run_part(options: argparse.Namespace) -> None:
-    ensure_teacher()
+    teacher = ensure_teacher()
+    check_one_teacher(load_records(), teacher)
     command = " ".join([".venv/bin/python", "benchmarks/paper_claims.py", *map(shlex.quote, sys.argv[1:])])
     if options.part == "cost":
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -571,6 +606,8 @@ def report() -> None:
     records = load_records()
     if not records:
         raise SystemExit(f"no records in {RECORDS}; run a part first")
+    fingerprint = records[0].get("teacher_sha256")
+    check_one_teacher(records, str(fingerprint))
     teacher = next((r["teacher_accuracy"] for r in records if r.get("teacher_accuracy")), None)
     total_cpu = sum(r["cpu_seconds"] for r in records)
     commands = sorted({r["command"] for r in records})
@@ -581,7 +618,9 @@ def report() -> None:
         "`paper_claims.jsonl` (one line per run: part, arm, k, epochs, seed, accuracy, seconds, command).",
         "",
         "Setup: " + " ".join(__doc__.split("Shared by every arm: ")[1].split()).replace("``", "`"),
-        f"Teacher top-1 on the held-out digits: {100 * teacher:.2f}%." if teacher else "",
+        (f"Teacher top-1 on the held-out digits: {100 * teacher:.2f}%; " if teacher else "")
+        + f"the SHA-256 of its weights begins `{fingerprint}` (trained with {TEACHER_THREADS} threads; every "
+        "record carries it).",
         "",
         f"Runs: {len(records)}; total CPU time of the study so far: {total_cpu / 3600:.2f} h "
         f"({records[0]['machine']}, one thread per run, two runs side by side). Cells are mean ± std of "

@@ -1138,17 +1138,15 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
 
     # ------------------------------------------------------------------------------------------- training
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        if (
-            resume_from_checkpoint is not None
-            and resume_from_checkpoint is not False
-            and self._epoch_callback.stream
-        ):
+        if resume_from_checkpoint and self._epoch_callback.stream:
             checkpoint = resume_from_checkpoint
             if checkpoint is True:
                 checkpoint = get_last_checkpoint(self.args.output_dir)
             if checkpoint is not None:  # a missing one is the Trainer's own error
                 check_stream_resume(checkpoint, self.args.ignore_data_skip)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    _writing_checkpoint = False  # inside _save_checkpoint: save_model also writes the stream position
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         self._writing_checkpoint = True  # save_model below writes the stream position beside the weights
@@ -1167,11 +1165,7 @@ class DistillationTrainer(AtomicCheckpointMixin, Trainer):
         finally:
             self._saving_checkpoint = False
         if _internal_call:
-            if (
-                getattr(self, "_writing_checkpoint", False)
-                and self._epoch_callback.stream
-                and self.args.should_save
-            ):
+            if self._writing_checkpoint and self._epoch_callback.stream and self.args.should_save:
                 # Inside the checkpoint's staging directory, so it is published with the rest (atomically).
                 position = {
                     "pass": max(0, self._epoch_callback.passes - 1),

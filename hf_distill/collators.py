@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from .batch import PIXEL_VALUES, SAMPLE_IDS, teacher_view_key
+from .batch import PIXEL_VALUES, SAMPLE_IDS, TEACHER_PIXEL_VALUES, teacher_view_key
 from .batch import teacher_views as teacher_views  # re-exported: the views of a batch by resolution
 from .images import _decode_undecoded as _decode_undecoded  # re-exported
-from .images import finish_image, open_image
+from .images import finish_image, finish_pixels, open_image, rgb_pixels
 from .images import to_rgb as to_rgb  # re-exported: the teacher cache and user code decode through it
 from .mixing import MixConfig, mix_batch, sample_mix_params
 
@@ -155,21 +155,60 @@ def eval_box(width: int, height: int) -> tuple[float, float, float, float]:
     return ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
 
 
+def pixel_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int]:
+    """The whole pixels a training view covers: ``box``'s edges rounded to the nearest pixel edge (halves
+    up), at least one pixel wide and tall, inside the ``width`` x ``height`` image."""
+    x0 = min(max(math.floor(box[0] + 0.5), 0), width - 1)
+    y0 = min(max(math.floor(box[1] + 0.5), 0), height - 1)
+    x1 = min(max(math.floor(box[2] + 0.5), x0 + 1), width)
+    y1 = min(max(math.floor(box[3] + 0.5), y0 + 1), height)
+    return x0, y0, x1, y1
+
+
 def render_view(
-    image: PILImage.Image,
+    image: PILImage.Image | torch.Tensor,
     params: ViewParams,
     size: int,
     interpolation: str = "bilinear",
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Crop ``params.box`` out of ``image`` and resize it to ``size``x``size`` in one resampling step;
-    returns a contiguous uint8 (3, size, size) tensor (``out`` when given: written in place)."""
-    resized = image.resize((size, size), resample=_RESAMPLE[interpolation], box=params.box)
+    """A training view: crop the whole pixels of ``params.box`` (:func:`pixel_box`) out of ``image`` (an RGB
+    PIL image, or its (H, W, 3) uint8 pixels from :func:`hf_distill.images.finish_pixels`), resize the crop to
+    ``size`` x ``size`` in one anti-aliased step (``bilinear``/``bicubic``; ``nearest``: the nearest pixel
+    centre), flip it when ``params.flip``; returns a contiguous uint8 (3, size, size) tensor (``out`` when
+    given: written in place).
+
+    This is torchvision's ``resized_crop`` on uint8 (its AVX2 kernel): the crop is resampled on its own, so
+    every view that shares a box, at any resolution, covers exactly the same pixels. Boxes are kept in whole
+    pixels, as torchvision and the paper's inception crop keep them, because torch's kernel places output
+    pixel centres at ``(i + 0.5) * scale`` from a whole-pixel origin; a sub-pixel resampler (PIL's, which
+    :func:`render_eval_view` uses) is about 3x slower per view."""
+    pixels = rgb_pixels(image) if isinstance(image, PILImage.Image) else image
+    x0, y0, x1, y1 = pixel_box(params.box, pixels.shape[1], pixels.shape[0])
+    crop = pixels[y0:y1, x0:x1].permute(2, 0, 1).unsqueeze(0)  # channels-last: torch's uint8 fast path
+    if interpolation == "nearest":
+        resized = torch.nn.functional.interpolate(crop, size=(size, size), mode="nearest-exact")[0]
+    else:
+        resized = torch.nn.functional.interpolate(
+            crop, size=(size, size), mode=interpolation, antialias=True, align_corners=False
+        )[0]
     if params.flip:
-        resized = resized.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)
+        resized = resized.flip(-1)
     if out is None:
-        out = torch.empty((3, size, size), dtype=torch.uint8)
-    if resized.mode == "RGB" and out.is_contiguous():
+        return resized.contiguous()
+    return out.copy_(resized)
+
+
+def render_eval_view(
+    image: PILImage.Image, box: tuple[float, float, float, float], size: int, interpolation: str = "bilinear"
+) -> torch.Tensor:
+    """The evaluation view: ``box`` (sub-pixel, :func:`eval_box`) resized to ``size`` x ``size`` by PIL in
+    one step, reading the image around the box as a resize of the whole image does, so an image processor's
+    resize + centre crop reproduces it (:func:`hf_distill.hub.serving_image_processor`); contiguous uint8
+    (3, size, size)."""
+    resized = image.resize((size, size), resample=_RESAMPLE[interpolation], box=box)
+    out = torch.empty((3, size, size), dtype=torch.uint8)
+    if resized.mode == "RGB":
         # Straight from PIL's planes into the tensor: one copy, no HWC->CHW transpose.
         planes = out.numpy().reshape(3, size * size)
         for channel, band in enumerate("RGB"):
@@ -351,39 +390,37 @@ class DistillationCollator:
             return self._collate_preprocessed(rows)
         emit_teacher = self.emits_teacher_view
         extra_sizes = self.active_extra_sizes
-        student_views, teacher_view_list, sample_ids, labels = [], [], [], []
-        extra_views: dict[int, list[torch.Tensor]] = {size: [] for size in extra_sizes}
+        count = len(rows)
+        # Every view is rendered straight into its slot of the batch (no per-view tensors to stack).
+        targets = [(PIXEL_VALUES, self.student_size, self.student_interpolation)]
+        if emit_teacher:
+            targets.append((TEACHER_PIXEL_VALUES, self.teacher_size, self.teacher_interpolation))
+        targets += [(teacher_view_key(size), size, self.teacher_interpolation) for size in extra_sizes]
+        batch: dict[str, torch.Tensor] = {
+            key: torch.empty((count, 3, size, size), dtype=torch.uint8) for key, size, _ in targets
+        }
+        sample_ids, labels = [], []
         for position, row in enumerate(rows):
             sample_id = int(row.get("sample_id", position))
             # The header gives the size, the views follow; only then are pixels decoded, at the largest JPEG
             # reduction every view allows. Errors name the sample.
             image = open_image(row[self.image_column], sample_id, self.image_column)
             student, teacher = self.view_params(sample_id, *image.size)
-            views = [(student, self.student_size, self.student_interpolation)]
-            if emit_teacher:
-                views.append((teacher, self.teacher_size, self.teacher_interpolation))
-            views += [(teacher, size, self.teacher_interpolation) for size in extra_sizes]
-            image, reduction = finish_image(
-                image, sample_id, self.image_column, jpeg_reduction([(p.box, s, i) for p, s, i in views])
-            )
-            rendered = [render_view(image, scale_view(p, reduction), s, i) for p, s, i in views]
-            student_views.append(rendered[0])
-            if emit_teacher:
-                teacher_view_list.append(rendered[1])
-            for size, view in zip(extra_sizes, rendered[1 + emit_teacher :]):
-                extra_views[size].append(view)
+            views = [(student if key == PIXEL_VALUES else teacher, size, i) for key, size, i in targets]
+            reduction = jpeg_reduction([(p.box, s, i) for p, s, i in views])
+            if self.train:
+                pixels, reduction = finish_pixels(image, sample_id, self.image_column, reduction)
+                for (key, _, _), (p, s, i) in zip(targets, views):
+                    render_view(pixels, scale_view(p, reduction), s, i, out=batch[key][position])
+            else:
+                image, reduction = finish_image(image, sample_id, self.image_column, reduction)
+                for (key, _, _), (p, s, i) in zip(targets, views):
+                    batch[key][position] = render_eval_view(image, scale_view(p, reduction).box, s, i)
             sample_ids.append(sample_id)
             label = row.get(self.label_column) if self.label_column is not None else None
             if label is not None:
                 labels.append(int(label))
-        batch: dict[str, torch.Tensor] = {
-            "pixel_values": torch.stack(student_views),
-            "sample_ids": torch.tensor(sample_ids, dtype=torch.long),
-        }
-        if emit_teacher:
-            batch["teacher_pixel_values"] = torch.stack(teacher_view_list)
-        for size in extra_sizes:
-            batch[teacher_view_key(size)] = torch.stack(extra_views[size])
+        batch[SAMPLE_IDS] = torch.tensor(sample_ids, dtype=torch.long)
         if labels and len(labels) == len(rows):
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
         if self.train and self.mode.mixing:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .collators import ViewParams, eval_box, render_view
+from .collators import eval_box, render_eval_view
 
 logger = logging.getLogger(__name__)
 
@@ -771,8 +771,8 @@ def evaluation_view_mismatch(
     mean = torch.tensor(preprocess.mean).view(3, 1, 1)
     std = torch.tensor(preprocess.std).view(3, 1, 1)
     for image in _probe_images(preprocess.image_size):
-        expected = render_view(
-            image, ViewParams(eval_box(*image.size)), preprocess.image_size, preprocess.interpolation
+        expected = render_eval_view(
+            image, eval_box(*image.size), preprocess.image_size, preprocess.interpolation
         ).float()
         pixels = processor(image, return_tensors="pt")["pixel_values"][0].float()
         if tuple(pixels.shape) != tuple(expected.shape):

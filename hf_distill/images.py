@@ -2,7 +2,9 @@
 
 Every reader of images (the collators, the teacher cache, the label bank, the bad-input checks) goes
 through :func:`load_image` (or its two halves :func:`open_image` / :func:`finish_image`, which let a JPEG be
-decoded at a reduced scale once the views' sizes are known).
+decoded at a reduced scale once the views' sizes are known). The collators take the pixels as an (H, W, 3)
+uint8 tensor from :func:`finish_pixels`, which decodes a JPEG straight into one with torchvision's decoder
+(the same libjpeg-turbo output as PIL's, bit for bit; PIL decodes everything else).
 """
 
 from __future__ import annotations
@@ -12,7 +14,21 @@ import os
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image as PILImage
+from PIL import ImageFile
+
+try:  # torchvision's JPEG decoder writes (H, W, 3) pixels straight into a tensor; deprecated since 0.29
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as _tv_decode_jpeg
+    from torchvision.io.image import _has_image_ops
+
+    if not _has_image_ops():
+        _tv_decode_jpeg = None
+except (
+    ImportError
+):  # removed in a later torchvision: PIL decodes JPEGs too (the same pixels, a little slower)
+    _tv_decode_jpeg = None
 
 
 def _decode_undecoded(value: dict[str, Any]) -> PILImage.Image:
@@ -99,3 +115,46 @@ def finish_image(
         return to_rgb(image), applied
     except Exception as error:
         raise ValueError(_decode_message(sample_id, column, error)) from error
+
+
+def rgb_pixels(image: PILImage.Image) -> torch.Tensor:
+    """An RGB PIL image's pixels as a writable, contiguous (H, W, 3) uint8 tensor."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8))
+
+
+def _tensor_decodable(image: PILImage.Image, reduction: int) -> bool:
+    return (
+        _tv_decode_jpeg is not None
+        and reduction == 1
+        and image.format == "JPEG"  # not MPO, not a decoded image
+        and image.mode in ("RGB", "L")  # CMYK/YCCK: PIL's conversion to RGB is the reference
+        and len(getattr(image, "tile", ()) or ()) == 1  # not decoded yet
+        and getattr(image, "fp", None) is not None
+        and not ImageFile.LOAD_TRUNCATED_IMAGES  # PIL's leniency with truncated files is the user's choice
+    )
+
+
+def finish_pixels(
+    image: PILImage.Image, sample_id: int, column: str = "image", reduction: int = 1
+) -> tuple[torch.Tensor, int]:
+    """:func:`finish_image` returning the pixels as a contiguous (H, W, 3) uint8 tensor. A JPEG decoded at
+    full scale goes through torchvision's decoder (libjpeg-turbo's output with PIL's settings: the same
+    pixels PIL gives, without PIL's 4-byte pixels and the copy out of them); every other case is PIL's. A
+    failure names the sample and the fix."""
+    if reduction > 1 or not _tensor_decodable(image, 1):
+        decoded, applied = finish_image(image, sample_id, column, reduction)
+        return rgb_pixels(decoded), applied
+    try:
+        image.fp.seek(0)
+        data = bytearray(image.fp.read())  # writable: torch keeps no read-only buffers
+        image.close()
+        pixels = _tv_decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except Exception as error:
+        message = str(error).rsplit(", ", 1)[-1]  # torchvision prefixes its source location
+        raise ValueError(_decode_message(sample_id, column, type(error)(message))) from error
+    return pixels.permute(1, 2, 0), 1  # the decoder's memory is (H, W, 3): a view, no copy
+
+
+def load_pixels(value: Any, sample_id: int, column: str = "image") -> torch.Tensor:
+    """:func:`load_image` as (H, W, 3) uint8 pixels (:func:`finish_pixels`)."""
+    return finish_pixels(open_image(value, sample_id, column), sample_id, column)[0]

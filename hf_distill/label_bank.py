@@ -55,7 +55,7 @@ from . import teacher_cache
 from .batch import BANK_LOGITS, BANK_ROWS
 from .collators import AugmentationConfig, DistillationCollator, ViewParams, render_view, sample_generator
 from .contract import Provides
-from .images import load_image, to_rgb
+from .images import load_pixels, to_rgb
 from .losses import ModelOutputs
 from .mixing import MixConfig, MixParams, apply_mix, mix_config_of, sample_mix_params
 from .release import _stage
@@ -65,7 +65,8 @@ from .version import __version__
 
 logger = logging.getLogger(__name__)
 
-BANK_FORMAT_VERSION = 1
+# 2: views rendered from whole-pixel boxes by torch's kernel (render_view); a version-1 bank saw other pixels
+BANK_FORMAT_VERSION = 2
 # label_bank_mix: the bank records the mixed views ('recorded') or crops only, mixed at replay ('replay').
 BANK_MIXES = ("recorded", "replay")
 METADATA_NAME = "label_bank.json"
@@ -906,16 +907,16 @@ class LabelBankCollator(DistillationCollator):
             rows = self._partner_data[[self._positions.get(s, s) for s in missing]]
             labels = rows[self.label_column] if labelled else [None] * len(missing)
             for sample_id, value, label in zip(missing, rows[self.image_column], labels):
-                found[sample_id] = (load_image(value, sample_id, self.image_column), label)
+                found[sample_id] = (load_pixels(value, sample_id, self.image_column), label)
         for sample_id, entry in found.items():  # most recently used last; evict from the front
             if sample_id in self._cache:
                 self._cache.move_to_end(sample_id)
                 continue
             self._cache[sample_id] = entry
-            self._cache_bytes += entry[0].width * entry[0].height * 3
+            self._cache_bytes += entry[0].numel()
         while self._cache_bytes > self.partner_cache_bytes and self._cache:
             image, _ = self._cache.popitem(last=False)[1]
-            self._cache_bytes -= image.width * image.height * 3
+            self._cache_bytes -= image.numel()
         out_images = [found[r.partner_id][0] if r.mixed else None for r in records]
         out_labels = [found[r.partner_id][1] if r.mixed else None for r in records]
         return out_images, out_labels
@@ -925,7 +926,7 @@ class LabelBankCollator(DistillationCollator):
         images, bank_rows, sample_ids, labels = [], [], [], []
         for position, row in enumerate(rows):
             sample_id = int(row.get("sample_id", position))
-            images.append(load_image(row[self.image_column], sample_id, self.image_column))
+            images.append(load_pixels(row[self.image_column], sample_id, self.image_column))
             bank_rows.append(
                 bank.row(sample_id, replay_record(self.seed, self.epoch, sample_id, bank.num_records))
             )
@@ -943,7 +944,10 @@ class LabelBankCollator(DistillationCollator):
             pixels = torch.stack(
                 [
                     render_view(
-                        img, self.view_params(s, *img.size)[0], self.student_size, self.student_interpolation
+                        img,
+                        self.view_params(s, img.shape[1], img.shape[0])[0],
+                        self.student_size,
+                        self.student_interpolation,
                     )
                     for img, s in zip(images, sample_ids)
                 ]

@@ -41,12 +41,14 @@ from .collators import (
     to_rgb,
 )
 from .contract import Provides
+from .images import rgb_pixels
 from .losses import ModelOutputs
 from .teacher import LiveTeacher, TeacherSource, average_tempered_probabilities, teacher_sizes_of
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+# 2: views rendered from whole-pixel boxes by torch's kernel (render_view); a version-1 cache saw other pixels
+CACHE_FORMAT_VERSION = 2
 _IC_ENS_STREAM = 16  # per-sample random streams 16, 17, ... for the K ensemble crops (0/1 are the views')
 
 
@@ -270,15 +272,16 @@ def compute_teacher_outputs(
     for position, row in enumerate(rows):
         sample_id = int(row.get("sample_id", position))
         image = to_rgb(row[image_column])
+        pixels = rgb_pixels(image)  # converted once for every crop and size
         if mode.teacher_crop == "ic_ens":
             crops = [
-                (image, p) for p in _ic_ens_views(sample_id, *image.size, ic_ens_crops, seed, augmentation)
+                (pixels, p) for p in _ic_ens_views(sample_id, *image.size, ic_ens_crops, seed, augmentation)
             ]
             crop_logits = [run(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)]
             per_crop = torch.cat(crop_logits)
             logits_out.append(average_tempered_probabilities(list(per_crop.unbind(0)), temperature)[None])
         else:
-            pending.append((image, _fixed_view(mode.teacher_crop, *image.size, augmentation.crop_fraction)))
+            pending.append((pixels, _fixed_view(mode.teacher_crop, *image.size, augmentation.crop_fraction)))
             if len(pending) == batch_size:
                 logits_out.append(run(pending))
                 pending = []

@@ -1,6 +1,7 @@
 """The fast rendering path keeps the collator's guarantees: the same pixels for a sample's (seed, epoch, id)
-whatever the batch or worker, boxes applied sub-pixel at every resolution, uint8, reduced JPEG decoding
-within a stated tolerance of full decoding, mixing equal to its fp32 formula, corrupt images named."""
+whatever the batch or worker, one whole-pixel box shared exactly by every view at every resolution
+(torchvision's resized_crop), uint8, JPEGs decoded to PIL's pixels, reduced JPEG decoding within a stated
+tolerance of full decoding, mixing equal to its fp32 formula, corrupt images named."""
 
 from __future__ import annotations
 
@@ -16,10 +17,14 @@ from hf_distill.collators import (
     AugmentationConfig,
     DistillationCollator,
     ViewParams,
+    eval_box,
     jpeg_reduction,
+    pixel_box,
+    render_eval_view,
     render_view,
     scale_view,
 )
+from hf_distill.images import finish_pixels, load_pixels
 from hf_distill.mixing import MixConfig, apply_mix, boxes_to_pixels, sample_mix_params
 from hf_distill.reliability import finish_image, load_image, open_image
 
@@ -46,11 +51,26 @@ def jpeg(image: Image.Image, **kwargs) -> dict:
 
 
 def reference_view(image: Image.Image, params: ViewParams, size: int, interpolation: str) -> torch.Tensor:
-    """The rendering as first written: one PIL resize of the box, HWC -> CHW, then the flip."""
+    """A training view by definition: the box's edges rounded to whole pixels, torchvision's ``resized_crop``
+    of the uint8 image (anti-aliased), then the flip."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    mode = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST_EXACT"}[interpolation]
+    x0, y0, x1, y1 = (int(np.floor(v + 0.5)) for v in params.box)
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    view = F.resized_crop(
+        tensor, y0, x0, y1 - y0, x1 - x0, [size, size], InterpolationMode[mode], antialias=True
+    )
+    return view.flip(-1) if params.flip else view
+
+
+def reference_eval_view(image: Image.Image, box, size: int, interpolation: str) -> torch.Tensor:
+    """The evaluation view as first written: one PIL resize of the (sub-pixel) box, HWC -> CHW."""
     resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[interpolation]
-    resized = image.resize((size, size), resample=resample, box=params.box)
-    tensor = torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1)
-    return tensor.flip(-1) if params.flip else tensor
+    resized = image.resize((size, size), resample=resample, box=box)
+    return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +114,7 @@ def batch_views(collator: DistillationCollator, batch: dict) -> dict[int, list[t
 
 # --------------------------------------------------------------------------------------------- rendering
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
-def test_render_view_equals_the_plain_pil_rendering(interpolation):
+def test_render_view_equals_torchvisions_resized_crop_of_the_whole_pixel_box(interpolation):
     image = photo(211, 157)
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -108,6 +128,39 @@ def test_render_view_equals_the_plain_pil_rendering(interpolation):
         slot = torch.zeros(2, 3, size, size, dtype=torch.uint8)
         render_view(image, params, size, interpolation, out=slot[1])
         assert torch.equal(slot[1], view) and not slot[0].any()
+        pixels = torch.from_numpy(np.array(image))  # the (H, W, 3) tensor the collator decodes to
+        assert torch.equal(render_view(pixels, params, size, interpolation), view)
+
+
+def test_views_of_a_shared_box_cover_exactly_its_pixels_at_every_resolution():
+    """A box whose pixels are all one colour renders that colour at every size, flipped or not: nothing of
+    the surroundings enters a view, and no view is shifted against another by rounding."""
+    rng = np.random.default_rng(4)
+    for _ in range(10):
+        array = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+        x0, y0 = int(rng.integers(0, 100)), int(rng.integers(0, 60))
+        x1, y1 = x0 + int(rng.integers(1, 160 - x0)), y0 + int(rng.integers(1, 120 - y0))
+        colour = rng.integers(0, 256, 3, dtype=np.uint8)
+        array[y0:y1, x0:x1] = colour
+        jitter = rng.uniform(-0.49, 0.49, 4)  # sub-pixel sampled edges round to the same pixels
+        params = ViewParams(
+            tuple(float(v) for v in np.array([x0, y0, x1, y1]) + jitter), bool(rng.integers(2))
+        )
+        for size in (7, 32, 224, 384):
+            for interpolation in ("bilinear", "bicubic", "nearest"):
+                view = render_view(Image.fromarray(array), params, size, interpolation)
+                assert torch.equal(view, torch.from_numpy(colour).view(3, 1, 1).expand(3, size, size))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+def test_render_eval_view_is_pils_resize_of_the_sub_pixel_box(interpolation):
+    for width, height in ((211, 157), (157, 211), (64, 64)):
+        image = photo(width, height)
+        for size in (7, 32, 57):
+            box = eval_box(width, height)
+            view = render_eval_view(image, box, size, interpolation)
+            assert view.dtype == torch.uint8 and view.shape == (3, size, size) and view.is_contiguous()
+            assert torch.equal(view, reference_eval_view(image, box, size, interpolation))
 
 
 @pytest.mark.parametrize(
@@ -191,11 +244,15 @@ def test_reduced_jpeg_decoding_stays_within_tolerance_of_full_decoding(subsampli
                 x0, y0 = rng.uniform(0, 1280 - w), rng.uniform(0, 960 - h)
                 params = ViewParams((x0, y0, x0 + w, y0 + h), bool(rng.integers(2)))
                 assert jpeg_reduction([(params.box, size, "bilinear")]) >= reduction
+                # The reduced view covers whole pixels of the reduced image: a box within r / 2 source pixels
+                # of the sampled one (at most 1/4 of an output pixel, by the reducing gap) ...
+                scaled = scale_view(params, reduction)
+                covered = [reduction * c for c in pixel_box(scaled.box, *reduced.size)]
+                assert all(abs(c - b) <= reduction / 2 for c, b in zip(covered, params.box))
+                # ... and shows what full decoding shows of that box.
+                same_pixels = ViewParams(tuple(float(c) for c in covered), params.flip)
                 diff = (
-                    (
-                        render_view(reduced, scale_view(params, reduction), size).int()
-                        - render_view(full, params, size).int()
-                    )
+                    (render_view(reduced, scaled, size).int() - render_view(full, same_pixels, size).int())
                     .abs()
                     .float()
                 )
@@ -270,3 +327,55 @@ def test_uint8_mixing_equals_the_fp32_formula(mode, batch_size):
         assert torch.equal(got_small, reference_mix(params, small))
         assert torch.equal(got_large, reference_mix(params, large))
         assert got_small.dtype == torch.uint8 and not got_small.data_ptr() == small.data_ptr()
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+@pytest.mark.parametrize(
+    "variant",
+    [dict(subsampling=2), dict(subsampling=0), dict(subsampling=1), dict(progressive=True), "L", "CMYK"],
+    ids=["420", "444", "422", "progressive", "grey", "cmyk"],
+)
+def test_finish_pixels_gives_pils_rgb_pixels(variant):
+    image = photo(203, 151)
+    if isinstance(variant, str):
+        value = jpeg(image.convert(variant))
+    else:
+        value = jpeg(image, **variant)
+    pixels, applied = finish_pixels(open_image(value, 0), 0)
+    expected = np.array(Image.open(io.BytesIO(value["bytes"])).convert("RGB"))
+    assert applied == 1 and pixels.dtype == torch.uint8 and pixels.is_contiguous()
+    assert torch.equal(pixels, torch.from_numpy(expected))
+
+
+def test_finish_pixels_decodes_full_scale_jpegs_with_torchvision_and_the_rest_with_pil(monkeypatch):
+    import hf_distill.images as images
+
+    if images._tv_decode_jpeg is None:
+        pytest.skip("this torchvision has no JPEG decoder")
+    calls = []
+    decoder = images._tv_decode_jpeg
+    monkeypatch.setattr(images, "_tv_decode_jpeg", lambda *a, **k: calls.append(1) or decoder(*a, **k))
+    value = jpeg(photo(96, 64))
+    finish_pixels(open_image(value, 0), 0)
+    assert len(calls) == 1
+    png = io.BytesIO()
+    photo(96, 64).save(png, "PNG")
+    finish_pixels(open_image({"bytes": png.getvalue(), "path": None}, 0), 0)
+    finish_pixels(open_image(jpeg(photo(800, 600)), 0), 0, reduction=2)  # DCT scaling: PIL's draft
+    finish_pixels(open_image(photo(96, 64), 0), 0)  # decoded already
+    assert len(calls) == 1
+
+
+def test_finish_pixels_leaves_truncated_jpegs_to_pil_when_the_user_allows_them(monkeypatch, tmp_path):
+    from PIL import ImageFile
+
+    data = jpeg(photo(320, 240))["bytes"]
+    truncated = {"bytes": data[: len(data) // 2], "path": None}
+    with pytest.raises(ValueError, match="sample_id=5: column 'image' cannot be decoded"):
+        finish_pixels(open_image(truncated, 5), 5)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    pixels, _ = finish_pixels(open_image(truncated, 5), 5)
+    assert pixels.shape == (240, 320, 3)
+    path = tmp_path / "photo.jpg"  # a file on disk: read through PIL's file object
+    path.write_bytes(data)
+    assert torch.equal(finish_pixels(open_image(str(path), 0), 0)[0], load_pixels(str(path), 0))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import platform
 import statistics
@@ -153,39 +154,72 @@ def make_bank(mode: dict[str, Any], dataset, work: Path, batch_size: int) -> str
 
 
 # ------------------------------------------------------------------------------------------- baselines
-def planned_views(collator, rows: list[dict[str, Any]]) -> list[list[tuple[tuple[float, ...], bool, int]]]:
-    """Per sample, the (box, flip, size) of every view hf_distill's collator hands to the models."""
+def planned_views(
+    collator, rows: list[dict[str, Any]]
+) -> list[list[tuple[tuple[float, ...], bool, int, int]]]:
+    """Per sample, the (box, flip, size, source image position) of every view hf_distill's collator renders:
+    the views it hands to the models and, for a label-bank replay, the mixing partner's view."""
     from hf_distill.label_bank import replay_record
 
+    positions = {int(row["sample_id"]): i for i, row in enumerate(rows)}
     plans = []
-    for row in rows:
+    for position, row in enumerate(rows):
         sample_id = int(row["sample_id"])
         image = Image.open(io.BytesIO(row["image"]["bytes"]))
         bank = getattr(collator, "bank", None)
         if bank is not None:
             chosen = replay_record(collator.seed, collator.epoch, sample_id, bank.num_records)
             record = bank.record(bank.row(sample_id, chosen))
-            plans.append([(tuple(record.box), record.flip, collator.student_size)])
+            plan = [(tuple(record.box), record.flip, collator.student_size, position)]
+            if record.mixed:
+                partner = positions[record.partner_id]
+                plan.append((tuple(record.partner_box), record.partner_flip, collator.student_size, partner))
+            plans.append(plan)
             continue
         student, teacher = collator.view_params(sample_id, *image.size)
-        views = [(student.box, student.flip, collator.student_size)]
+        views = [(student.box, student.flip, collator.student_size, position)]
         if collator.emits_teacher_view:
-            views.append((teacher.box, teacher.flip, collator.teacher_size))
-        views += [(teacher.box, teacher.flip, size) for size in collator.active_extra_sizes]
+            views.append((teacher.box, teacher.flip, collator.teacher_size, position))
+        views += [(teacher.box, teacher.flip, size, position) for size in collator.active_extra_sizes]
         plans.append(views)
     return plans
 
 
 def whole_pixels(box: tuple[float, ...]) -> tuple[int, int, int, int]:
-    """(top, left, height, width) in whole pixels, as torchvision's RandomResizedCrop crops."""
-    left, top = int(round(box[0])), int(round(box[1]))
-    return top, left, max(1, int(round(box[3])) - top), max(1, int(round(box[2])) - left)
+    """(top, left, height, width) in whole pixels, as torchvision's RandomResizedCrop crops (edges rounded
+    half up, as hf_distill's ``pixel_box``)."""
+    left, top = math.floor(box[0] + 0.5), math.floor(box[1] + 0.5)
+    return top, left, max(1, math.floor(box[3] + 0.5) - top), max(1, math.floor(box[2] + 0.5) - left)
+
+
+def tv_view(image: torch.Tensor, box, flip: bool, size: int) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as F
+
+    top, left, height, width = whole_pixels(box)
+    view = F.resized_crop(image, top, left, height, width, [size, size], antialias=True)
+    return F.horizontal_flip(view) if flip else view
+
+
+def check_same_pixels(collator, rows, images: list[bytes], plans, batch_size: int) -> bool:
+    """Whether hf_distill's first batch holds exactly torchvision's views of the same boxes (modes without
+    mixing: with mixing the views are blended after rendering)."""
+    from torchvision.io import decode_jpeg
+
+    batch = collator(rows[:batch_size])
+    keys = ["pixel_values"]
+    keys += ["teacher_pixel_values"] if collator.emits_teacher_view else []
+    keys += [f"teacher_pixel_values_{size}" for size in collator.active_extra_sizes]
+    for i, plan in enumerate(plans[:batch_size]):
+        image = decode_jpeg(torch.frombuffer(bytearray(images[i]), dtype=torch.uint8))
+        for key, (box, flip, size, _) in zip(keys, plan):
+            if not torch.equal(batch[key][i], tv_view(image, box, flip, size)):
+                return False
+    return True
 
 
 def tv_pipeline(images: list[bytes], plans, batch_size: int, functional: bool) -> int:
     from torchvision.io import decode_jpeg
     from torchvision.transforms import v2
-    from torchvision.transforms.v2 import functional as F
 
     class SameCrop(v2.RandomResizedCrop):  # RandomResizedCrop, fed the box instead of drawing one
         def make_params(self, flat_inputs):
@@ -194,21 +228,24 @@ def tv_pipeline(images: list[bytes], plans, batch_size: int, functional: bool) -
 
     transforms: dict[int, tuple[Any, Any]] = {}
     views = 0
-    for start in range(0, len(images), batch_size):
+    for start in range(0, len(plans), batch_size):
         stacks: dict[int, list[torch.Tensor]] = {}
-        for data, plan in zip(images[start : start + batch_size], plans[start : start + batch_size]):
-            image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-            for position, (box, flip, size) in enumerate(plan):
-                top, left, height, width = whole_pixels(box)
+        for plan in plans[start : start + batch_size]:
+            decoded = {}
+            for position, (box, flip, size, source) in enumerate(plan):
+                if source not in decoded:  # each image decoded once per sample (a partner: its own image)
+                    decoded[source] = decode_jpeg(
+                        torch.frombuffer(bytearray(images[source]), dtype=torch.uint8)
+                    )
+                image = decoded[source]
                 if functional:
-                    view = F.resized_crop(image, top, left, height, width, [size, size], antialias=True)
-                    view = F.horizontal_flip(view) if flip else view
+                    view = tv_view(image, box, flip, size)
                 else:
                     if size not in transforms:
                         crop = SameCrop(size, antialias=True)
                         transforms[size] = (crop, v2.Compose([crop, v2.RandomHorizontalFlip(p=1.0)]))
                     crop, with_flip = transforms[size]
-                    crop.box = (top, left, height, width)
+                    crop.box = whole_pixels(box)
                     view = with_flip(image) if flip else crop(image)
                 stacks.setdefault(position, []).append(view)
         for stack in stacks.values():
@@ -225,9 +262,12 @@ def timm_pipeline(images: list[bytes], plans, batch_size: int, mode: dict[str, A
     views = 0
     for start in range(0, len(images), batch_size):
         stacks: dict[int, list[torch.Tensor]] = {}
-        for data, plan in zip(images[start : start + batch_size], plans[start : start + batch_size]):
-            image = Image.open(io.BytesIO(data)).convert("RGB")
-            for position, (_, _, size) in enumerate(plan):
+        for plan in plans[start : start + batch_size]:
+            opened = {}
+            for position, (_, _, size, source) in enumerate(plan):
+                if source not in opened:
+                    opened[source] = Image.open(io.BytesIO(images[source])).convert("RGB")
+                image = opened[source]
                 if size not in transforms:
                     transforms[size] = create_transform(
                         size,
@@ -320,11 +360,16 @@ def main(argv: list[str] | None = None) -> None:
                 elapsed, count = timed(variants[key])
                 seconds[key].append(elapsed)
                 views[key] = count
-        rate = {k: views[k] / statistics.median(v) for k, v in seconds.items()}
+        rendered = sum(len(plan) for plan in plans)  # every variant renders the same views
+        rate = {k: rendered / statistics.median(v) for k, v in seconds.items()}
         result = {
             "mode": name,
-            "views_per_image": views["collator"] / len(rows),
+            "views_per_image": rendered / len(rows),
+            "handed_per_image": views["collator"] / len(rows),
             "views_per_s": rate,
+            "same_pixels_as_tv": None
+            if mode.get("mixup")
+            else check_same_pixels(collator, rows, images, plans, args.batch_size),
             "runs_s": seconds,
         }
         results.append(result)
@@ -350,17 +395,21 @@ def write_report(args, results, argv) -> None:
         f"repeats. {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), Python "
         f"{platform.python_version()}, torch {torch.__version__}.",
         "",
-        "views/s per core; ratio = views/s over torchvision v2's (transform classes, same crops).",
+        "Rendered views/s per core (every view a variant crops and resizes, the label-bank replay's mixing "
+        "partner included); ratio = views/s over torchvision v2's (transform classes, same crops). "
+        "\"= tv pixels\": hf_distill's first batch holds exactly torchvision's views of the same boxes "
+        "(modes without mixing).",
         "",
-        "| mode | views/image | collator | trainer loader | timm | torchvision v2 | tv functional | collator / tv | loader / tv | loader / tv functional |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | views/image | collator | trainer loader | timm | torchvision v2 | tv functional | collator / tv | loader / tv | loader / tv functional | = tv pixels |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         v = r["views_per_s"]
+        same = {None: "(mixed)", True: "yes", False: "NO"}[r["same_pixels_as_tv"]]
         lines.append(
             f"| {r['mode']} | {r['views_per_image']:.0f} | {v['collator']:.0f} | {v['loader']:.0f} | {v['timm']:.0f} | "
             f"{v['tv']:.0f} | {v['tv-fn']:.0f} | {v['collator'] / v['tv']:.2f}x | {v['loader'] / v['tv']:.2f}x | "
-            f"{v['loader'] / v['tv-fn']:.2f}x |"
+            f"{v['loader'] / v['tv-fn']:.2f}x | {same} |"
         )
     if args.workers:
         lines += [

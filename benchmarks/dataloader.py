@@ -217,9 +217,17 @@ def check_same_pixels(collator, rows, images: list[bytes], plans, batch_size: in
     return True
 
 
-def tv_pipeline(images: list[bytes], plans, batch_size: int, functional: bool) -> int:
+def tv_pipeline(images: list[bytes], plans, batch_size: int, functional: bool, mix: str | None = None) -> int:
+    """torchvision's views of the planned boxes, stacked per view key. ``mix="batch"``: then ``v2.MixUp`` on
+    the batch (``ToDtype`` to fp32 first, as it needs; every view key with the same parameters);
+    ``mix="partner"``: each sample's view blended with its partner's (the label-bank replay), the same
+    fp32 operations."""
+    from torchvision import tv_tensors
     from torchvision.io import decode_jpeg
     from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as F
+
+    mixup = v2.MixUp(alpha=1.0, num_classes=len(LABELS))
 
     class SameCrop(v2.RandomResizedCrop):  # RandomResizedCrop, fed the box instead of drawing one
         def make_params(self, flat_inputs):
@@ -248,9 +256,17 @@ def tv_pipeline(images: list[bytes], plans, batch_size: int, functional: bool) -
                     crop.box = whole_pixels(box)
                     view = with_flip(image) if flip else crop(image)
                 stacks.setdefault(position, []).append(view)
-        for stack in stacks.values():
-            torch.stack(stack)
-            views += len(stack)
+        batches = [torch.stack(stack) for stack in stacks.values()]
+        views += sum(len(stack) for stack in batches)
+        if mix == "batch":
+            floats = tuple(
+                tv_tensors.Image(F.to_dtype(batch, torch.float32, scale=True)) for batch in batches
+            )
+            mixup(floats, torch.zeros(len(batches[0]), dtype=torch.long))  # one lam for every view key
+        elif mix == "partner" and len(batches) > 1:
+            own, partner = (F.to_dtype(batch, torch.float32, scale=True) for batch in batches[:2])
+            lam = torch.rand(len(partner), 1, 1, 1)
+            own[: len(partner)].mul_(lam).add_(partner.mul(1.0 - lam))
     return views
 
 
@@ -348,6 +364,11 @@ def main(argv: list[str] | None = None) -> None:
             "tv": partial(tv_pipeline, images, plans, args.batch_size, functional=False),
             "tv-fn": partial(tv_pipeline, images, plans, args.batch_size, functional=True),
         }
+        if mode.get("mixup"):
+            mix = "partner" if mode.get("bank") else "batch"
+            variants["tv-mix"] = partial(
+                tv_pipeline, images, plans, args.batch_size, functional=False, mix=mix
+            )
         for w in args.workers:
             variants[f"loader-w{w}"] = partial(run_loader, loaders[w])
         for fn in variants.values():  # warm-up: imports, caches, first-call allocations
@@ -396,20 +417,24 @@ def write_report(args, results, argv) -> None:
         f"{platform.python_version()}, torch {torch.__version__}.",
         "",
         "Rendered views/s per core (every view a variant crops and resizes, the label-bank replay's mixing "
-        "partner included); ratio = views/s over torchvision v2's (transform classes, same crops). "
-        "\"= tv pixels\": hf_distill's first batch holds exactly torchvision's views of the same boxes "
-        "(modes without mixing).",
+        "partner included). tv v2: torchvision's transform classes on the same boxes; for the modes that mix, "
+        "tv v2 + mix also mixes as torchvision does (`ToDtype` to fp32, then `v2.MixUp`, or the same blend with "
+        "the replay's partner), the work hf_distill's collator does too. Same work = tv v2 + mix where the mode "
+        "mixes, else tv v2. \"= tv pixels\": hf_distill's first batch holds exactly torchvision's views of the "
+        "same boxes (modes without mixing).",
         "",
-        "| mode | views/image | collator | trainer loader | timm | torchvision v2 | tv functional | collator / tv | loader / tv | loader / tv functional | = tv pixels |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | views/image | collator | trainer loader | timm | tv v2 | tv functional | tv v2 + mix | collator / same work | loader / same work | loader / tv v2 | = tv pixels |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         v = r["views_per_s"]
         same = {None: "(mixed)", True: "yes", False: "NO"}[r["same_pixels_as_tv"]]
+        work = v.get("tv-mix", v["tv"])
+        mixed = f"{v['tv-mix']:.0f}" if "tv-mix" in v else "-"
         lines.append(
             f"| {r['mode']} | {r['views_per_image']:.0f} | {v['collator']:.0f} | {v['loader']:.0f} | {v['timm']:.0f} | "
-            f"{v['tv']:.0f} | {v['tv-fn']:.0f} | {v['collator'] / v['tv']:.2f}x | {v['loader'] / v['tv']:.2f}x | "
-            f"{v['loader'] / v['tv-fn']:.2f}x | {same} |"
+            f"{v['tv']:.0f} | {v['tv-fn']:.0f} | {mixed} | {v['collator'] / work:.2f}x | {v['loader'] / work:.2f}x | "
+            f"{v['loader'] / v['tv']:.2f}x | {same} |"
         )
     if args.workers:
         lines += [

@@ -1,9 +1,12 @@
 """Collators that build the student's view and, where the teacher-input mode needs it, the teacher's view.
 
-Per sample, a crop box (in the original image's pixel coordinates, sub-pixel precise) and a flip are
-sampled, then *applied* to every view that shares them, each at its own model's resolution. Randomness
-derives from ``(seed, epoch, sample_id)``, so a run, a resumed run and a replay see the same views.
-Views are uint8 tensors: normalisation to each model's mean/std happens on the device.
+Per sample, a crop box (in the original image's pixel coordinates) and a flip are sampled, then *applied*
+to every view that shares them, each at its own model's resolution: the box's whole pixels are cropped and
+resized (torchvision's ``resized_crop``, see :func:`render_view`), so views that share a box cover exactly
+the same pixels at every resolution. Randomness derives from ``(seed, epoch, sample_id)``, so a run, a
+resumed run and a replay see the same views, whatever the batch or the worker. Views are uint8 tensors:
+normalisation to each model's mean/std happens on the device. The evaluation view is PIL's resize of the
+central square (:func:`render_eval_view`), which image processors reproduce.
 
 Teacher-input modes (Beyer et al., "Knowledge distillation: a good teacher is patient and consistent"):
 
@@ -38,7 +41,7 @@ from PIL import Image as PILImage
 from .batch import PIXEL_VALUES, SAMPLE_IDS, TEACHER_PIXEL_VALUES, teacher_view_key
 from .batch import teacher_views as teacher_views  # re-exported: the views of a batch by resolution
 from .images import _decode_undecoded as _decode_undecoded  # re-exported
-from .images import finish_image, finish_pixels, open_image, rgb_pixels
+from .images import finish_image, finish_pixels, open_image, open_source, rgb_pixels
 from .images import to_rgb as to_rgb  # re-exported: the teacher cache and user code decode through it
 from .mixing import MixConfig, mix_batch, sample_mix_params
 
@@ -404,7 +407,8 @@ class DistillationCollator:
             sample_id = int(row.get("sample_id", position))
             # The header gives the size, the views follow; only then are pixels decoded, at the largest JPEG
             # reduction every view allows. Errors name the sample.
-            image = open_image(row[self.image_column], sample_id, self.image_column)
+            opener = open_source if self.train else open_image
+            image = opener(row[self.image_column], sample_id, self.image_column)
             student, teacher = self.view_params(sample_id, *image.size)
             views = [(student if key == PIXEL_VALUES else teacher, size, i) for key, size, i in targets]
             reduction = jpeg_reduction([(p.box, s, i) for p, s, i in views])

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -122,39 +124,113 @@ def rgb_pixels(image: PILImage.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8))
 
 
-def _tensor_decodable(image: PILImage.Image, reduction: int) -> bool:
-    return (
-        _tv_decode_jpeg is not None
-        and reduction == 1
-        and image.format == "JPEG"  # not MPO, not a decoded image
-        and image.mode in ("RGB", "L")  # CMYK/YCCK: PIL's conversion to RGB is the reference
-        and len(getattr(image, "tile", ()) or ()) == 1  # not decoded yet
-        and getattr(image, "fp", None) is not None
-        and not ImageFile.LOAD_TRUNCATED_IMAGES  # PIL's leniency with truncated files is the user's choice
-    )
+# Start-of-frame markers of the JPEGs both decoders read alike: baseline, extended and progressive Huffman
+# (not lossless, not arithmetic-coded, whose support depends on how each library was built).
+_SOF_MARKERS = (0xC0, 0xC1, 0xC2)
+_ANY_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4 DHT, C8 reserved, CC DAC
+
+
+@dataclass(frozen=True)
+class JpegSource:
+    """An undecoded 8-bit JPEG of one (grey) or three (colour) components, known by its header only, so the
+    views can be drawn from its size before any pixel is decoded."""
+
+    data: bytes
+    size: tuple[int, int]
+    format = "JPEG"
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG :class:`JpegSource` can hold, read from its frame header; None for anything
+    else (PIL then opens it: other formats, CMYK, 12-bit, lossless, multi-picture, a damaged header)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    position, end = 2, len(data)
+    while position + 4 <= end:
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if length < 2 or marker == 0xDA:  # a scan before any frame header
+            return None
+        if marker == 0xE2 and data[position + 4 : position + 8] == b"MPF\x00":
+            return None  # a multi-picture file: PIL reads it as MPO
+        if marker in _ANY_SOF:
+            if marker not in _SOF_MARKERS or position + 10 > end:
+                return None
+            precision = data[position + 4]
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            width = int.from_bytes(data[position + 7 : position + 9], "big")
+            components = data[position + 9]
+            if precision != 8 or components not in (1, 3) or not width or not height:
+                return None
+            return width, height
+        position += 2 + length
+    return None
+
+
+def _check_pixel_count(size: tuple[int, int]) -> None:
+    """PIL's decompression-bomb rule (``PIL.Image.MAX_IMAGE_PIXELS``), for JPEGs PIL does not open."""
+    limit, pixels = PILImage.MAX_IMAGE_PIXELS, size[0] * size[1]
+    if limit is None or pixels <= limit:
+        return
+    message = f"Image size ({pixels} pixels) exceeds limit of {limit} pixels, could be decompression bomb DOS attack."
+    if pixels > 2 * limit:
+        raise PILImage.DecompressionBombError(message)
+    warnings.warn(message, PILImage.DecompressionBombWarning, stacklevel=3)
+
+
+def open_source(value: Any, sample_id: int, column: str = "image") -> JpegSource | PILImage.Image:
+    """:func:`open_image` for the collators: the undecoded bytes of an ordinary JPEG (from a
+    ``{"bytes", "path"}`` value or a path) come back as a :class:`JpegSource` (its header read, nothing
+    decoded), everything else as :func:`open_image` gives it. A failure names the sample and the fix."""
+    if _tv_decode_jpeg is not None:
+        data = None
+        try:
+            if isinstance(value, (str, os.PathLike)):
+                value = {"bytes": None, "path": os.fspath(value)}
+            if isinstance(value, dict) and ("bytes" in value or "path" in value):
+                data = value.get("bytes")
+                if data is None and value.get("path") is not None:
+                    with open(value["path"], "rb") as handle:
+                        data = handle.read()
+            size = _jpeg_header(data) if isinstance(data, (bytes, bytearray)) else None
+            if size is not None:
+                _check_pixel_count(size)
+                return JpegSource(bytes(data), size)
+        except Exception as error:
+            raise ValueError(_decode_message(sample_id, column, error)) from error
+        if data is not None:
+            value = {"bytes": data, "path": None}
+    return open_image(value, sample_id, column)
 
 
 def finish_pixels(
-    image: PILImage.Image, sample_id: int, column: str = "image", reduction: int = 1
+    source: JpegSource | PILImage.Image, sample_id: int, column: str = "image", reduction: int = 1
 ) -> tuple[torch.Tensor, int]:
-    """:func:`finish_image` returning the pixels as a contiguous (H, W, 3) uint8 tensor. A JPEG decoded at
-    full scale goes through torchvision's decoder (libjpeg-turbo's output with PIL's settings: the same
-    pixels PIL gives, without PIL's 4-byte pixels and the copy out of them); every other case is PIL's. A
-    failure names the sample and the fix."""
-    if reduction > 1 or not _tensor_decodable(image, 1):
-        decoded, applied = finish_image(image, sample_id, column, reduction)
-        return rgb_pixels(decoded), applied
-    try:
-        image.fp.seek(0)
-        data = bytearray(image.fp.read())  # writable: torch keeps no read-only buffers
-        image.close()
-        pixels = _tv_decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except Exception as error:
-        message = str(error).rsplit(", ", 1)[-1]  # torchvision prefixes its source location
-        raise ValueError(_decode_message(sample_id, column, type(error)(message))) from error
-    return pixels.permute(1, 2, 0), 1  # the decoder's memory is (H, W, 3): a view, no copy
+    """:func:`finish_image` returning the pixels as a contiguous (H, W, 3) uint8 tensor. A
+    :class:`JpegSource` decoded at full scale goes through torchvision's decoder (libjpeg-turbo's output
+    with PIL's settings: the same pixels PIL gives, without PIL's 4-byte pixels and the copy out of them);
+    a reduced decode, a truncated file that ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` allows, and every
+    other image are PIL's. A failure names the sample and the fix."""
+    if isinstance(source, JpegSource):
+        if reduction > 1 or ImageFile.LOAD_TRUNCATED_IMAGES:
+            source = open_image({"bytes": source.data, "path": None}, sample_id, column)
+        else:
+            try:
+                data = torch.frombuffer(bytearray(source.data), dtype=torch.uint8)  # torch wants writable
+                pixels = _tv_decode_jpeg(data, mode=ImageReadMode.RGB)
+            except Exception as error:
+                message = str(error).rsplit(", ", 1)[-1]  # torchvision prefixes its source location
+                raise ValueError(_decode_message(sample_id, column, type(error)(message))) from error
+            return pixels.permute(1, 2, 0), 1  # the decoder's memory is (H, W, 3): a view, no copy
+    decoded, applied = finish_image(source, sample_id, column, reduction)
+    return rgb_pixels(decoded), applied
 
 
 def load_pixels(value: Any, sample_id: int, column: str = "image") -> torch.Tensor:
     """:func:`load_image` as (H, W, 3) uint8 pixels (:func:`finish_pixels`)."""
-    return finish_pixels(open_image(value, sample_id, column), sample_id, column)[0]
+    return finish_pixels(open_source(value, sample_id, column), sample_id, column)[0]

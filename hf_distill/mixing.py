@@ -375,7 +375,7 @@ def _mix_uint8_per_sample(params: MixParams, x: Tensor) -> Tensor:
     pieces and with NumPy's fast float -> uint8 cast. Cut boxes are pasted as slices."""
     p = params.to("cpu")
     source = np.ascontiguousarray(x.numpy())
-    mixed = source.copy()
+    mixed = np.empty_like(source)  # every sample written below: blended, or copied as it is
     perm = p.perm.tolist()
     use_mixup, use_cutmix = p.use_mixup.tolist(), p.use_cutmix.tolist()
     lam = p.lam.to(torch.float32).numpy()
@@ -394,6 +394,8 @@ def _mix_uint8_per_sample(params: MixParams, x: Tensor) -> Tensor:
             np.rint(own, out=own)
             np.clip(own, 0.0, 255.0, out=own)
             np.copyto(mixed[i], own, casting="unsafe")
+        else:
+            mixed[i] = source[i]
         if use_cutmix[i]:
             y0, x0, y1, x1 = boxes[i]
             mixed[i, ..., y0:y1, x0:x1] = source[partner, ..., y0:y1, x0:x1]

@@ -24,7 +24,7 @@ from hf_distill.collators import (
     render_view,
     scale_view,
 )
-from hf_distill.images import finish_pixels, load_pixels
+from hf_distill.images import JpegSource, finish_pixels, load_pixels, open_source
 from hf_distill.mixing import MixConfig, apply_mix, boxes_to_pixels, sample_mix_params
 from hf_distill.reliability import finish_image, load_image, open_image
 
@@ -337,11 +337,11 @@ def test_uint8_mixing_equals_the_fp32_formula(mode, batch_size):
 )
 def test_finish_pixels_gives_pils_rgb_pixels(variant):
     image = photo(203, 151)
-    if isinstance(variant, str):
-        value = jpeg(image.convert(variant))
-    else:
-        value = jpeg(image, **variant)
-    pixels, applied = finish_pixels(open_image(value, 0), 0)
+    value = jpeg(image.convert(variant)) if isinstance(variant, str) else jpeg(image, **variant)
+    source = open_source(value, 0)
+    assert source.size == (203, 151)
+    assert isinstance(source, JpegSource) == (variant != "CMYK")  # CMYK: PIL's conversion is the reference
+    pixels, applied = finish_pixels(source, 0)
     expected = np.array(Image.open(io.BytesIO(value["bytes"])).convert("RGB"))
     assert applied == 1 and pixels.dtype == torch.uint8 and pixels.is_contiguous()
     assert torch.equal(pixels, torch.from_numpy(expected))
@@ -356,14 +356,52 @@ def test_finish_pixels_decodes_full_scale_jpegs_with_torchvision_and_the_rest_wi
     decoder = images._tv_decode_jpeg
     monkeypatch.setattr(images, "_tv_decode_jpeg", lambda *a, **k: calls.append(1) or decoder(*a, **k))
     value = jpeg(photo(96, 64))
-    finish_pixels(open_image(value, 0), 0)
+    finish_pixels(open_source(value, 0), 0)
     assert len(calls) == 1
     png = io.BytesIO()
     photo(96, 64).save(png, "PNG")
-    finish_pixels(open_image({"bytes": png.getvalue(), "path": None}, 0), 0)
-    finish_pixels(open_image(jpeg(photo(800, 600)), 0), 0, reduction=2)  # DCT scaling: PIL's draft
-    finish_pixels(open_image(photo(96, 64), 0), 0)  # decoded already
+    large = jpeg(photo(800, 600))
+    for source, reduction in (
+        (open_source({"bytes": png.getvalue(), "path": None}, 0), 1),
+        (open_source(large, 0), 2),  # DCT scaling: PIL's draft
+        (open_source(photo(96, 64), 0), 1),  # decoded already
+        (open_image(value, 0), 1),  # opened by PIL already
+    ):
+        pixels, applied = finish_pixels(source, 0, reduction=reduction)
+        assert applied == reduction and pixels.shape[2] == 3
     assert len(calls) == 1
+    reduced, _ = finish_pixels(open_source(large, 0), 0, reduction=2)
+    assert torch.equal(
+        reduced, torch.from_numpy(np.array(finish_image(open_image(large, 0), 0, reduction=2)[0]))
+    )
+
+
+def test_jpeg_header_reads_the_frame_size_and_leaves_other_files_to_pil():
+    from hf_distill.images import _jpeg_header
+
+    for width, height in ((1, 1), (203, 151), (4000, 17)):
+        data = jpeg(photo(width, height))["bytes"]
+        assert _jpeg_header(data) == (width, height)
+        assert _jpeg_header(data[:30]) is None  # the header cut short
+    twelve_bit = bytearray(jpeg(photo(20, 10))["bytes"])
+    frame = twelve_bit.index(b"\xff\xc0")
+    twelve_bit[frame + 4] = 12
+    assert _jpeg_header(bytes(twelve_bit)) is None
+    mpo = io.BytesIO()
+    photo(40, 30).save(mpo, "MPO", save_all=True, append_images=[photo(40, 30, seed=1)])
+    assert _jpeg_header(mpo.getvalue()) is None
+    assert not isinstance(open_source({"bytes": mpo.getvalue(), "path": None}, 0), JpegSource)
+    assert _jpeg_header(b"\x89PNG\r\n\x1a\n") is None and _jpeg_header(b"") is None
+
+
+def test_open_source_keeps_pils_decompression_bomb_rule(monkeypatch):
+    value = jpeg(photo(64, 48))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 48 // 2 - 1)
+    with pytest.raises(ValueError, match="sample_id=9: .*DecompressionBombError.*MAX_IMAGE_PIXELS"):
+        open_source(value, 9)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 48 - 1)
+    with pytest.warns(Image.DecompressionBombWarning):
+        open_source(value, 9)
 
 
 def test_finish_pixels_leaves_truncated_jpegs_to_pil_when_the_user_allows_them(monkeypatch, tmp_path):
@@ -372,10 +410,13 @@ def test_finish_pixels_leaves_truncated_jpegs_to_pil_when_the_user_allows_them(m
     data = jpeg(photo(320, 240))["bytes"]
     truncated = {"bytes": data[: len(data) // 2], "path": None}
     with pytest.raises(ValueError, match="sample_id=5: column 'image' cannot be decoded"):
-        finish_pixels(open_image(truncated, 5), 5)
+        finish_pixels(open_source(truncated, 5), 5)
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
-    pixels, _ = finish_pixels(open_image(truncated, 5), 5)
+    pixels, _ = finish_pixels(open_source(truncated, 5), 5)
     assert pixels.shape == (240, 320, 3)
-    path = tmp_path / "photo.jpg"  # a file on disk: read through PIL's file object
+    path = tmp_path / "photo.jpg"  # a file on disk
     path.write_bytes(data)
-    assert torch.equal(finish_pixels(open_image(str(path), 0), 0)[0], load_pixels(str(path), 0))
+    assert isinstance(open_source(str(path), 0), JpegSource)
+    expected = torch.from_numpy(np.array(Image.open(path).convert("RGB")))
+    assert torch.equal(load_pixels(str(path), 0), expected)
+    assert torch.equal(load_pixels({"bytes": None, "path": str(path)}, 0), expected)

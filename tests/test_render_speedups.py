@@ -420,3 +420,11 @@ def test_finish_pixels_leaves_truncated_jpegs_to_pil_when_the_user_allows_them(m
     expected = torch.from_numpy(np.array(Image.open(path).convert("RGB")))
     assert torch.equal(load_pixels(str(path), 0), expected)
     assert torch.equal(load_pixels({"bytes": None, "path": str(path)}, 0), expected)
+
+
+def test_sample_generator_streams_are_seedsequences_of_the_four_words():
+    from hf_distill.collators import sample_generator
+
+    for words in [(0, 0, 0, 0), (3, 2, 101, 1), (2**32 - 1, 7, 2**31, 5), (2**40 + 3, 1, 2**33, 0)]:
+        expected = np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(words))))
+        assert np.array_equal(sample_generator(*words).random(8), expected.random(8))

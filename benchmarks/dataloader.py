@@ -231,57 +231,88 @@ def check_same_pixels(collator, rows, images: list[bytes], plans, batch_size: in
     return counts
 
 
-def tv_pipeline(images: list[bytes], plans, batch_size: int, functional: bool, mix: str | None = None) -> int:
-    """torchvision's views of the planned boxes, stacked per view key. ``mix="batch"``: then ``v2.MixUp`` on
-    the batch (``ToDtype`` to fp32 first, as it needs; every view key with the same parameters);
-    ``mix="partner"``: each sample's view blended with its partner's (the label-bank replay), the same
-    fp32 operations."""
-    from torchvision import tv_tensors
-    from torchvision.io import decode_jpeg
-    from torchvision.transforms import v2
-    from torchvision.transforms.v2 import functional as F
+class TorchvisionViews:
+    """torchvision's views of planned boxes, a batch at a time: decode each image once, crop, resize, flip,
+    stack per view key; ``mix="batch"``: then ``v2.MixUp`` on the batch (``ToDtype`` to fp32 first, as it
+    needs; every view key with the same parameters); ``mix="partner"``: each sample's view blended with its
+    partner's (the label-bank replay), the same fp32 operations."""
 
-    mixup = v2.MixUp(alpha=1.0, num_classes=len(LABELS))
+    def __init__(self, functional: bool, mix: str | None = None):
+        from torchvision.transforms import v2
 
-    class SameCrop(v2.RandomResizedCrop):  # RandomResizedCrop, fed the box instead of drawing one
-        def make_params(self, flat_inputs):
-            top, left, height, width = self.box
-            return dict(top=top, left=left, height=height, width=width)
+        class SameCrop(v2.RandomResizedCrop):  # RandomResizedCrop, fed the box instead of drawing one
+            def make_params(self, flat_inputs):
+                top, left, height, width = self.box
+                return dict(top=top, left=left, height=height, width=width)
 
-    transforms: dict[int, tuple[Any, Any]] = {}
-    views = 0
-    for start in range(0, len(plans), batch_size):
+        self.functional, self.mix, self.crop_class = functional, mix, SameCrop
+        self.mixup = v2.MixUp(alpha=1.0, num_classes=len(LABELS))
+        self.transforms: dict[int, tuple[Any, Any]] = {}
+
+    def view(self, image: torch.Tensor, box, flip: bool, size: int) -> torch.Tensor:
+        from torchvision.transforms import v2
+
+        if self.functional:
+            return tv_view(image, box, flip, size)
+        if size not in self.transforms:
+            crop = self.crop_class(size, antialias=True)
+            self.transforms[size] = (crop, v2.Compose([crop, v2.RandomHorizontalFlip(p=1.0)]))
+        crop, with_flip = self.transforms[size]
+        crop.box = whole_pixels(box)
+        return with_flip(image) if flip else crop(image)
+
+    def batch(self, plans, image_bytes) -> int:
+        from torchvision import tv_tensors
+        from torchvision.io import decode_jpeg
+        from torchvision.transforms.v2 import functional as F
+
         stacks: dict[int, list[torch.Tensor]] = {}
-        for plan in plans[start : start + batch_size]:
+        for plan in plans:
             decoded = {}
             for position, (box, flip, size, source) in enumerate(plan):
                 if source not in decoded:  # each image decoded once per sample (a partner: its own image)
-                    decoded[source] = decode_jpeg(
-                        torch.frombuffer(bytearray(images[source]), dtype=torch.uint8)
-                    )
-                image = decoded[source]
-                if functional:
-                    view = tv_view(image, box, flip, size)
-                else:
-                    if size not in transforms:
-                        crop = SameCrop(size, antialias=True)
-                        transforms[size] = (crop, v2.Compose([crop, v2.RandomHorizontalFlip(p=1.0)]))
-                    crop, with_flip = transforms[size]
-                    crop.box = whole_pixels(box)
-                    view = with_flip(image) if flip else crop(image)
-                stacks.setdefault(position, []).append(view)
+                    data = bytearray(image_bytes(source))
+                    decoded[source] = decode_jpeg(torch.frombuffer(data, dtype=torch.uint8))
+                stacks.setdefault(position, []).append(self.view(decoded[source], box, flip, size))
         batches = [torch.stack(stack) for stack in stacks.values()]
-        views += sum(len(stack) for stack in batches)
-        if mix == "batch":
-            floats = tuple(
-                tv_tensors.Image(F.to_dtype(batch, torch.float32, scale=True)) for batch in batches
-            )
-            mixup(floats, torch.zeros(len(batches[0]), dtype=torch.long))  # one lam for every view key
-        elif mix == "partner" and len(batches) > 1:
-            own, partner = (F.to_dtype(batch, torch.float32, scale=True) for batch in batches[:2])
+        if self.mix == "batch":
+            floats = tuple(tv_tensors.Image(F.to_dtype(b, torch.float32, scale=True)) for b in batches)
+            self.mixup(floats, torch.zeros(len(batches[0]), dtype=torch.long))  # one lam for every view key
+        elif self.mix == "partner" and len(batches) > 1:
+            own, partner = (F.to_dtype(b, torch.float32, scale=True) for b in batches[:2])
             lam = torch.rand(len(partner), 1, 1, 1)
             own[: len(partner)].mul_(lam).add_(partner.mul(1.0 - lam))
-    return views
+        return sum(len(b) for b in batches)
+
+
+def tv_pipeline(images: list[bytes], plans, batch_size: int, functional: bool, mix: str | None = None) -> int:
+    """:class:`TorchvisionViews` on the images' bytes held in memory."""
+    views = TorchvisionViews(functional, mix)
+    return sum(
+        views.batch(plans[start : start + batch_size], images.__getitem__)
+        for start in range(0, len(plans), batch_size)
+    )
+
+
+def tv_loader(dataset, images: list[bytes], plans, batch_size: int, mix: str | None = None) -> int:
+    """:class:`TorchvisionViews` (transform classes) as a ``DataLoader``'s collate function over the same
+    ``datasets`` rows the trainer's loader reads (shuffled, no workers): torchvision's own train loader."""
+    views = TorchvisionViews(False, mix)
+
+    def collate(rows: list[dict[str, Any]]) -> int:
+        own = {int(row["sample_id"]): row["image"]["bytes"] for row in rows}
+        return views.batch(
+            [plans[int(row["sample_id"])] for row in rows], lambda source: own.get(source) or images[source]
+        )
+
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(0),
+    )
+    return sum(loader)
 
 
 def timm_pipeline(images: list[bytes], plans, batch_size: int, mode: dict[str, Any]) -> int:
@@ -378,8 +409,9 @@ def main(argv: list[str] | None = None) -> None:
             "tv": partial(tv_pipeline, images, plans, args.batch_size, functional=False),
             "tv-fn": partial(tv_pipeline, images, plans, args.batch_size, functional=True),
         }
-        if mode.get("mixup"):
-            mix = "partner" if mode.get("bank") else "batch"
+        mix = ("partner" if mode.get("bank") else "batch") if mode.get("mixup") else None
+        variants["tv-loader"] = partial(tv_loader, trainer.train_dataset, images, plans, args.batch_size, mix)
+        if mix:
             variants["tv-mix"] = partial(
                 tv_pipeline, images, plans, args.batch_size, functional=False, mix=mix
             )
@@ -431,15 +463,16 @@ def write_report(args, results, argv) -> None:
         f"{platform.python_version()}, torch {torch.__version__}.",
         "",
         "Rendered views/s per core (every view a variant crops and resizes, the label-bank replay's mixing "
-        "partner included). tv v2: torchvision's transform classes on the same boxes; for the modes that mix, "
-        "tv v2 + mix also mixes as torchvision does (`ToDtype` to fp32, then `v2.MixUp`, or the same blend with "
-        "the replay's partner), the work hf_distill's collator does too. Same work = tv v2 + mix where the mode "
-        'mixes, else tv v2. "= tv pixels": of the first batch\'s samples decoded at full scale, how many hold '
-        'exactly torchvision\'s views of the same boxes (modes without mixing; "reduced": samples decoded '
-        "with libjpeg's DCT scaling, which torchvision does not do).",
+        "partner included). tv v2: torchvision's transform classes on the same boxes, images in memory; for the "
+        "modes that mix, tv v2 + mix also mixes as torchvision does (`ToDtype` to fp32, then `v2.MixUp`, or the "
+        "same blend with the replay's partner), the work hf_distill's collator does too. tv loader: tv v2 (+ mix) "
+        "as the collate function of a `DataLoader` over the same `datasets` rows the trainer's loader reads. "
+        "\"= tv pixels\": of the first batch's samples decoded at full scale, how many hold exactly torchvision's "
+        'views of the same boxes (modes without mixing; "reduced": samples decoded with libjpeg\'s DCT '
+        "scaling, which torchvision does not do).",
         "",
-        "| mode | views/image | collator | trainer loader | timm | tv v2 | tv functional | tv v2 + mix | collator / same work | loader / same work | loader / tv v2 | = tv pixels |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | views/image | collator | trainer loader | timm | tv v2 | tv functional | tv v2 + mix | tv loader | collator / tv v2 (+ mix) | loader / tv loader | loader / tv v2 | = tv pixels |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         v = r["views_per_s"]
@@ -451,8 +484,8 @@ def write_report(args, results, argv) -> None:
         mixed = f"{v['tv-mix']:.0f}" if "tv-mix" in v else "-"
         lines.append(
             f"| {r['mode']} | {r['views_per_image']:.0f} | {v['collator']:.0f} | {v['loader']:.0f} | {v['timm']:.0f} | "
-            f"{v['tv']:.0f} | {v['tv-fn']:.0f} | {mixed} | {v['collator'] / work:.2f}x | {v['loader'] / work:.2f}x | "
-            f"{v['loader'] / v['tv']:.2f}x | {same} |"
+            f"{v['tv']:.0f} | {v['tv-fn']:.0f} | {mixed} | {v['tv-loader']:.0f} | {v['collator'] / work:.2f}x | "
+            f"{v['loader'] / v['tv-loader']:.2f}x | {v['loader'] / v['tv']:.2f}x | {same} |"
         )
     if args.workers:
         lines += [

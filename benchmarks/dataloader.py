@@ -5,7 +5,8 @@ so its speed per CPU core decides how many loader workers a run needs. This scri
 dataset of JPEG-encoded images of realistic sizes (crops of scikit-learn's two sample photographs,
 re-encoded at quality 90, three in four landscape 500x375 and one in four portrait 375x500 by default)
 and, for every teacher-input mode, measures in one process, variants interleaved (the order reversed on
-every other repeat, so background load hits all alike), medians of the repeats:
+every other repeat, so background load hits all alike), the fastest of the repeats (other work on a shared
+machine only slows a run down, so the fastest is the least disturbed; every run's time is in ``--jsonl``):
 
 * ``collator``: hf_distill's training collator on dataset rows fetched beforehand (decode deferred, as
   the trainer stores them);
@@ -19,7 +20,13 @@ every other repeat, so background load hits all alike), medians of the repeats:
   ``torchvision.transforms.v2.functional`` without the transform classes (a floor for torchvision);
 * ``tv-mix`` (modes that mix): ``tv`` followed by the mixing torchvision offers, ``ToDtype`` to fp32 then
   ``v2.MixUp`` on the batch (one draw for every view key), or for the label-bank replay the same fp32 blend
-  of each view with its partner's: the work hf_distill's collator does too.
+  of each view with its partner's: the work hf_distill's collator does too;
+* ``tv-loader``: torchvision's own train loader, the ``tv`` transforms (and ``tv-mix`` mixing where the
+  mode mixes) as the ``collate_fn`` of a ``torch.utils.data.DataLoader`` over the same ``datasets`` rows
+  and batch size: what a user writing the loop with torchvision alone would run, beside ``loader``;
+* ``tv-draw``: ``tv`` (with ``tv-mix``'s mixing where the mode mixes), but ``RandomResizedCrop`` draws its
+  own boxes (``get_params``, the mode's scale and ratio ranges), as a torchvision pipeline does: the cost of
+  drawing the parameters, which hf_distill's collator pays too, included.
 
 Every baseline decodes each image once and renders the same views as hf_distill (each at its own
 resolution); batches are stacked as a DataLoader's default collate would. "views" counts every view a
@@ -42,7 +49,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -235,9 +241,11 @@ class TorchvisionViews:
     """torchvision's views of planned boxes, a batch at a time: decode each image once, crop, resize, flip,
     stack per view key; ``mix="batch"``: then ``v2.MixUp`` on the batch (``ToDtype`` to fp32 first, as it
     needs; every view key with the same parameters); ``mix="partner"``: each sample's view blended with its
-    partner's (the label-bank replay), the same fp32 operations."""
+    partner's (the label-bank replay), the same fp32 operations. ``draw``: ``RandomResizedCrop`` draws its
+    own box for each planned one (``get_params`` with the mode's scale and ratio ranges; the whole image for
+    ``crop="rs"``), as a torchvision pipeline does; a box shared by several views stays shared."""
 
-    def __init__(self, functional: bool, mix: str | None = None):
+    def __init__(self, functional: bool, mix: str | None = None, draw: tuple | None = None):
         from torchvision.transforms import v2
 
         class SameCrop(v2.RandomResizedCrop):  # RandomResizedCrop, fed the box instead of drawing one
@@ -245,9 +253,19 @@ class TorchvisionViews:
                 top, left, height, width = self.box
                 return dict(top=top, left=left, height=height, width=width)
 
-        self.functional, self.mix, self.crop_class = functional, mix, SameCrop
+        self.functional, self.mix, self.crop_class, self.draw = functional, mix, SameCrop, draw
         self.mixup = v2.MixUp(alpha=1.0, num_classes=len(LABELS))
         self.transforms: dict[int, tuple[Any, Any]] = {}
+
+    def drawn_box(self, image: torch.Tensor) -> tuple[float, float, float, float]:
+        """A box torchvision draws for ``image`` (``draw``), as (x0, y0, x1, y1) in whole pixels."""
+        from torchvision.transforms import v2
+
+        scale, ratio = self.draw
+        if scale is None:  # crop="rs": the whole image
+            return (0.0, 0.0, float(image.shape[-1]), float(image.shape[-2]))
+        top, left, height, width = v2.RandomResizedCrop.get_params(image, list(scale), list(ratio))
+        return (float(left), float(top), float(left + width), float(top + height))
 
     def view(self, image: torch.Tensor, box, flip: bool, size: int) -> torch.Tensor:
         from torchvision.transforms import v2
@@ -268,11 +286,16 @@ class TorchvisionViews:
 
         stacks: dict[int, list[torch.Tensor]] = {}
         for plan in plans:
-            decoded = {}
+            decoded, drawn = {}, {}
             for position, (box, flip, size, source) in enumerate(plan):
                 if source not in decoded:  # each image decoded once per sample (a partner: its own image)
                     data = bytearray(image_bytes(source))
                     decoded[source] = decode_jpeg(torch.frombuffer(data, dtype=torch.uint8))
+                if self.draw is not None:
+                    key = (source, tuple(box))
+                    if key not in drawn:
+                        drawn[key] = self.drawn_box(decoded[source])
+                    box = drawn[key]
                 stacks.setdefault(position, []).append(self.view(decoded[source], box, flip, size))
         batches = [torch.stack(stack) for stack in stacks.values()]
         if self.mix == "batch":
@@ -285,9 +308,11 @@ class TorchvisionViews:
         return sum(len(b) for b in batches)
 
 
-def tv_pipeline(images: list[bytes], plans, batch_size: int, functional: bool, mix: str | None = None) -> int:
+def tv_pipeline(
+    images: list[bytes], plans, batch_size: int, functional: bool, mix: str | None = None, draw=None
+) -> int:
     """:class:`TorchvisionViews` on the images' bytes held in memory."""
-    views = TorchvisionViews(functional, mix)
+    views = TorchvisionViews(functional, mix, draw)
     return sum(
         views.batch(plans[start : start + batch_size], images.__getitem__)
         for start in range(0, len(plans), batch_size)
@@ -410,6 +435,10 @@ def main(argv: list[str] | None = None) -> None:
             "tv-fn": partial(tv_pipeline, images, plans, args.batch_size, functional=True),
         }
         mix = ("partner" if mode.get("bank") else "batch") if mode.get("mixup") else None
+        draw = (None, None) if mode.get("crop") == "rs" else ((0.08, 1.0), (3 / 4, 4 / 3))  # build_trainer's
+        variants["tv-draw"] = partial(
+            tv_pipeline, images, plans, args.batch_size, functional=False, mix=mix, draw=draw
+        )
         variants["tv-loader"] = partial(tv_loader, trainer.train_dataset, images, plans, args.batch_size, mix)
         if mix:
             variants["tv-mix"] = partial(
@@ -428,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
                 seconds[key].append(elapsed)
                 views[key] = count
         rendered = sum(len(plan) for plan in plans)  # every variant renders the same views
-        rate = {k: rendered / statistics.median(v) for k, v in seconds.items()}
+        rate = {k: rendered / min(v) for k, v in seconds.items()}  # the least disturbed repeat
         result = {
             "mode": name,
             "views_per_image": rendered / len(rows),
@@ -458,7 +487,7 @@ def write_report(args, results, argv) -> None:
         "",
         f"{args.images} JPEG images (quality 90; 3 in 4 {args.width}x{args.height}, 1 in 4 "
         f"{args.height}x{args.width}) in a `datasets` dataset, 224 px views (384 px for the ensemble's second "
-        f"teacher view), batch {args.batch_size}, one thread, variants interleaved, median of {args.repeats} "
+        f"teacher view), batch {args.batch_size}, one thread, variants interleaved, fastest of {args.repeats} "
         f"repeats. {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), Python "
         f"{platform.python_version()}, torch {torch.__version__}.",
         "",
@@ -467,12 +496,14 @@ def write_report(args, results, argv) -> None:
         "modes that mix, tv v2 + mix also mixes as torchvision does (`ToDtype` to fp32, then `v2.MixUp`, or the "
         "same blend with the replay's partner), the work hf_distill's collator does too. tv loader: tv v2 (+ mix) "
         "as the collate function of a `DataLoader` over the same `datasets` rows the trainer's loader reads. "
+        "tv own draws: tv v2 (+ mix) with `RandomResizedCrop` drawing its own boxes (`get_params`, the same "
+        "scale and ratio ranges), the whole pipeline a torchvision user runs. "
         "\"= tv pixels\": of the first batch's samples decoded at full scale, how many hold exactly torchvision's "
         'views of the same boxes (modes without mixing; "reduced": samples decoded with libjpeg\'s DCT '
         "scaling, which torchvision does not do).",
         "",
-        "| mode | views/image | collator | trainer loader | timm | tv v2 | tv functional | tv v2 + mix | tv loader | collator / tv v2 (+ mix) | loader / tv loader | loader / tv v2 | = tv pixels |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | views/image | collator | trainer loader | timm | tv v2 | tv functional | tv v2 + mix | tv own draws (+ mix) | tv loader | collator / tv v2 (+ mix) | loader / tv own draws | loader / tv loader | loader / tv v2 | = tv pixels |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         v = r["views_per_s"]
@@ -484,8 +515,9 @@ def write_report(args, results, argv) -> None:
         mixed = f"{v['tv-mix']:.0f}" if "tv-mix" in v else "-"
         lines.append(
             f"| {r['mode']} | {r['views_per_image']:.0f} | {v['collator']:.0f} | {v['loader']:.0f} | {v['timm']:.0f} | "
-            f"{v['tv']:.0f} | {v['tv-fn']:.0f} | {mixed} | {v['tv-loader']:.0f} | {v['collator'] / work:.2f}x | "
-            f"{v['loader'] / v['tv-loader']:.2f}x | {v['loader'] / v['tv']:.2f}x | {same} |"
+            f"{v['tv']:.0f} | {v['tv-fn']:.0f} | {mixed} | {v['tv-draw']:.0f} | {v['tv-loader']:.0f} | "
+            f"{v['collator'] / work:.2f}x | {v['loader'] / v['tv-draw']:.2f}x | {v['loader'] / v['tv-loader']:.2f}x | "
+            f"{v['loader'] / v['tv']:.2f}x | {same} |"
         )
     if args.workers:
         lines += [

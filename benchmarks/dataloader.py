@@ -21,9 +21,10 @@ machine only slows a run down, so the fastest is the least disturbed; every run'
 * ``tv-mix`` (modes that mix): ``tv`` followed by the mixing torchvision offers, ``ToDtype`` to fp32 then
   ``v2.MixUp`` on the batch (one draw for every view key), or for the label-bank replay the same fp32 blend
   of each view with its partner's: the work hf_distill's collator does too;
-* ``tv-loader``: torchvision's own train loader, the ``tv`` transforms (and ``tv-mix`` mixing where the
-  mode mixes) as the ``collate_fn`` of a ``torch.utils.data.DataLoader`` over the same ``datasets`` rows
-  and batch size: what a user writing the loop with torchvision alone would run, beside ``loader``;
+* ``tv-loader``: torchvision's own train loader, the ``tv-draw`` transforms (drawing their own boxes, and
+  ``tv-mix`` mixing where the mode mixes) as the ``collate_fn`` of a ``torch.utils.data.DataLoader`` over
+  the same ``datasets`` rows and batch size: what a user writing the loop with torchvision alone would run,
+  beside ``loader``;
 * ``tv-draw``: ``tv`` (with ``tv-mix``'s mixing where the mode mixes), but ``RandomResizedCrop`` draws its
   own boxes (``get_params``, the mode's scale and ratio ranges), as a torchvision pipeline does: the cost of
   drawing the parameters, which hf_distill's collator pays too, included.
@@ -319,10 +320,11 @@ def tv_pipeline(
     )
 
 
-def tv_loader(dataset, images: list[bytes], plans, batch_size: int, mix: str | None = None) -> int:
-    """:class:`TorchvisionViews` (transform classes) as a ``DataLoader``'s collate function over the same
-    ``datasets`` rows the trainer's loader reads (shuffled, no workers): torchvision's own train loader."""
-    views = TorchvisionViews(False, mix)
+def tv_loader(dataset, images: list[bytes], plans, batch_size: int, mix: str | None = None, draw=None) -> int:
+    """:class:`TorchvisionViews` (transform classes, drawing their own boxes) as a ``DataLoader``'s collate
+    function over the same ``datasets`` rows the trainer's loader reads (shuffled, no workers): torchvision's
+    own train loader, end to end."""
+    views = TorchvisionViews(False, mix, draw)
 
     def collate(rows: list[dict[str, Any]]) -> int:
         own = {int(row["sample_id"]): row["image"]["bytes"] for row in rows}
@@ -439,7 +441,9 @@ def main(argv: list[str] | None = None) -> None:
         variants["tv-draw"] = partial(
             tv_pipeline, images, plans, args.batch_size, functional=False, mix=mix, draw=draw
         )
-        variants["tv-loader"] = partial(tv_loader, trainer.train_dataset, images, plans, args.batch_size, mix)
+        variants["tv-loader"] = partial(
+            tv_loader, trainer.train_dataset, images, plans, args.batch_size, mix=mix, draw=draw
+        )
         if mix:
             variants["tv-mix"] = partial(
                 tv_pipeline, images, plans, args.batch_size, functional=False, mix=mix
@@ -494,8 +498,9 @@ def write_report(args, results, argv) -> None:
         "Rendered views/s per core (every view a variant crops and resizes, the label-bank replay's mixing "
         "partner included). tv v2: torchvision's transform classes on the same boxes, images in memory; for the "
         "modes that mix, tv v2 + mix also mixes as torchvision does (`ToDtype` to fp32, then `v2.MixUp`, or the "
-        "same blend with the replay's partner), the work hf_distill's collator does too. tv loader: tv v2 (+ mix) "
-        "as the collate function of a `DataLoader` over the same `datasets` rows the trainer's loader reads. "
+        "same blend with the replay's partner), the work hf_distill's collator does too. tv loader: tv own draws "
+        "(+ mix) as the collate function of a `DataLoader` over the same `datasets` rows the trainer's loader "
+        "reads: torchvision's own train pipeline, end to end. "
         "tv own draws: tv v2 (+ mix) with `RandomResizedCrop` drawing its own boxes (`get_params`, the same "
         "scale and ratio ranges), the whole pipeline a torchvision user runs. "
         "\"= tv pixels\": of the first batch's samples decoded at full scale, how many hold exactly torchvision's "

@@ -21,13 +21,13 @@ machine only slows a run down, so the fastest is the least disturbed; every run'
 * ``tv-mix`` (modes that mix): ``tv`` followed by the mixing torchvision offers, ``ToDtype`` to fp32 then
   ``v2.MixUp`` on the batch (one draw for every view key), or for the label-bank replay the same fp32 blend
   of each view with its partner's: the work hf_distill's collator does too;
+* ``tv-draw``: ``tv`` (with ``tv-mix``'s mixing where the mode mixes), but ``RandomResizedCrop`` draws its
+  own boxes (``get_params``, the mode's scale and ratio ranges), as a torchvision pipeline does: the cost of
+  drawing the parameters, which hf_distill's collator pays too, included;
 * ``tv-loader``: torchvision's own train loader, the ``tv-draw`` transforms (drawing their own boxes, and
   ``tv-mix`` mixing where the mode mixes) as the ``collate_fn`` of a ``torch.utils.data.DataLoader`` over
   the same ``datasets`` rows and batch size: what a user writing the loop with torchvision alone would run,
-  beside ``loader``;
-* ``tv-draw``: ``tv`` (with ``tv-mix``'s mixing where the mode mixes), but ``RandomResizedCrop`` draws its
-  own boxes (``get_params``, the mode's scale and ratio ranges), as a torchvision pipeline does: the cost of
-  drawing the parameters, which hf_distill's collator pays too, included.
+  beside ``loader``.
 
 Every baseline decodes each image once and renders the same views as hf_distill (each at its own
 resolution); batches are stacked as a DataLoader's default collate would. "views" counts every view a
@@ -437,7 +437,8 @@ def main(argv: list[str] | None = None) -> None:
             "tv-fn": partial(tv_pipeline, images, plans, args.batch_size, functional=True),
         }
         mix = ("partner" if mode.get("bank") else "batch") if mode.get("mixup") else None
-        draw = (None, None) if mode.get("crop") == "rs" else ((0.08, 1.0), (3 / 4, 4 / 3))  # build_trainer's
+        crop_ranges = (tuple(trainer.args.crop_scale), tuple(trainer.args.crop_ratio))
+        draw = (None, None) if mode.get("crop") == "rs" else crop_ranges  # the ranges hf_distill draws from
         variants["tv-draw"] = partial(
             tv_pipeline, images, plans, args.batch_size, functional=False, mix=mix, draw=draw
         )
@@ -498,11 +499,10 @@ def write_report(args, results, argv) -> None:
         "Rendered views/s per core (every view a variant crops and resizes, the label-bank replay's mixing "
         "partner included). tv v2: torchvision's transform classes on the same boxes, images in memory; for the "
         "modes that mix, tv v2 + mix also mixes as torchvision does (`ToDtype` to fp32, then `v2.MixUp`, or the "
-        "same blend with the replay's partner), the work hf_distill's collator does too. tv loader: tv own draws "
-        "(+ mix) as the collate function of a `DataLoader` over the same `datasets` rows the trainer's loader "
-        "reads: torchvision's own train pipeline, end to end. "
-        "tv own draws: tv v2 (+ mix) with `RandomResizedCrop` drawing its own boxes (`get_params`, the same "
-        "scale and ratio ranges), the whole pipeline a torchvision user runs. "
+        "same blend with the replay's partner), the work hf_distill's collator does too. tv own draws: tv v2 (+ mix) "
+        "with `RandomResizedCrop` drawing its own boxes (`get_params`, the same scale and ratio ranges). "
+        "tv loader: tv own draws (+ mix) as the collate function of a `DataLoader` over the same `datasets` "
+        "rows the trainer's loader reads: torchvision's own train pipeline, end to end. "
         "\"= tv pixels\": of the first batch's samples decoded at full scale, how many hold exactly torchvision's "
         'views of the same boxes (modes without mixing; "reduced": samples decoded with libjpeg\'s DCT '
         "scaling, which torchvision does not do).",
